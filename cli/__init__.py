@@ -1,0 +1,1 @@
+"""The medhdiff command-line interface (installed as the ``medhdiff_cli`` package)."""
