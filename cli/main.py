@@ -8,7 +8,10 @@ import typer
 
 from medhdiff import __version__
 from medhdiff_cli.common import setup_logging, state
+from medhdiff_cli.evaluate_cmd import evaluate
 from medhdiff_cli.info_cmd import info
+from medhdiff_cli.jobs import denoise, detect, reconstruct
+from medhdiff_cli.train_cmd import train
 
 app = typer.Typer(
     name="medhdiff",
@@ -37,6 +40,11 @@ def _root(
 
 
 app.command("info")(info)
+app.command("train")(train)
+app.command("denoise")(denoise)
+app.command("reconstruct")(reconstruct)
+app.command("detect")(detect)
+app.command("evaluate")(evaluate)
 
 
 def main() -> None:
