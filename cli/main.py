@@ -11,6 +11,7 @@ from medhdiff_cli.common import setup_logging, state
 from medhdiff_cli.evaluate_cmd import evaluate
 from medhdiff_cli.info_cmd import info
 from medhdiff_cli.jobs import denoise, detect, reconstruct
+from medhdiff_cli.synth_cmd import synth
 from medhdiff_cli.train_cmd import train
 
 app = typer.Typer(
@@ -45,6 +46,7 @@ app.command("denoise")(denoise)
 app.command("reconstruct")(reconstruct)
 app.command("detect")(detect)
 app.command("evaluate")(evaluate)
+app.command("synth")(synth)
 
 
 def main() -> None:

@@ -94,7 +94,7 @@ def test_builtin_labelmap(builtin):
     assert 1100 < brain_ml < 2100
     with __import__("importlib").resources.as_file(builtin_labelmap_path()) as p:
         assert Path(p).stat().st_size < 400_000
-        notice = Path(p).with_name("NOTICE").read_text()
+        notice = Path(p).with_name("NOTICE").read_text(encoding="utf-8")
     assert "McConnell" in notice and "Fonov" in notice
 
 

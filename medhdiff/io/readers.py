@@ -13,7 +13,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 
 from medhdiff.errors import InputError, UnsupportedFormatError
 from medhdiff.io.atomic import atomic_path, check_output_path, full_suffix
@@ -98,7 +97,7 @@ def _load_nifti(path: Path, max_memory_gb: float | None) -> Volume:
     return Volume(data=data, affine=img.affine, header=header, fmt="nifti", path=path, meta=meta)
 
 
-def _sitk_affine(image: sitk.Image) -> np.ndarray:
+def _sitk_affine(image) -> np.ndarray:
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
     origin = np.asarray(image.GetOrigin(), dtype=np.float64)
@@ -108,8 +107,10 @@ def _sitk_affine(image: sitk.Image) -> np.ndarray:
     return affine
 
 
-def _from_sitk(image: sitk.Image, path: Path, fmt: str, max_memory_gb: float | None,
+def _from_sitk(image, path: Path, fmt: str, max_memory_gb: float | None,
                extra_meta: dict | None = None) -> Volume:
+    import SimpleITK as sitk
+
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
                          "medhdiff needs a scalar 3D volume")
@@ -137,6 +138,8 @@ def _from_sitk(image: sitk.Image, path: Path, fmt: str, max_memory_gb: float | N
 
 def dicom_series(folder: Path) -> list[str]:
     """The DICOM series identifiers found directly in ``folder``."""
+    import SimpleITK as sitk
+
     try:
         return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
     except Exception:
@@ -144,6 +147,8 @@ def dicom_series(folder: Path) -> list[str]:
 
 
 def _load_dicom(folder: Path, max_memory_gb: float | None, series: str | None) -> Volume:
+    import SimpleITK as sitk
+
     ids = dicom_series(folder)
     if not ids:
         raise InputError(f"{folder} is a folder without a DICOM series or images")
@@ -187,6 +192,8 @@ def load_volume(path: str | os.PathLike, *, max_memory_gb: float | None = None,
         raise InputError(f"{p} is an empty file")
     if fmt == "nifti":
         return _load_nifti(p, max_memory_gb)
+    import SimpleITK as sitk
+
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(p))
@@ -236,7 +243,9 @@ def _nifti_for(data: np.ndarray, reference: Volume) -> nib.Nifti1Image:
     return img
 
 
-def _sitk_for(data: np.ndarray, reference: Volume) -> sitk.Image:
+def _sitk_for(data: np.ndarray, reference: Volume):
+    import SimpleITK as sitk
+
     image = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
     meta = reference.meta
     if all(k in meta for k in ("lps_origin", "lps_spacing", "lps_direction")):
@@ -284,5 +293,7 @@ def save_volume(data_or_volume: np.ndarray | Volume, path: str | os.PathLike, re
         if out_fmt == "nifti":
             _nifti_for(data, reference).to_filename(str(tmp))
         else:
+            import SimpleITK as sitk
+
             sitk.WriteImage(_sitk_for(data, reference), str(tmp), True)
     return out

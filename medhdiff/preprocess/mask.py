@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import numpy as np
-import SimpleITK as sitk
 
 #: Fraction of exactly-zero voxels above which an input is taken as skull-stripped.
 SKULL_STRIPPED_ZERO_FRACTION = 0.15
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
+    import SimpleITK as sitk
+
     image = sitk.GetImageFromArray(mask.astype(np.uint8))
     labels = sitk.RelabelComponent(sitk.ConnectedComponent(image), sortByObjectSize=True)
     return sitk.GetArrayFromImage(labels) == 1
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    import SimpleITK as sitk
+
     image = sitk.GetImageFromArray(mask.astype(np.uint8))
     return sitk.GetArrayFromImage(sitk.BinaryFillhole(image, fullyConnected=False, foregroundValue=1)) > 0
 
@@ -31,6 +34,8 @@ def otsu_mask(data: np.ndarray) -> np.ndarray:
     Axes are passed to SimpleITK as they are; connectivity and hole filling
     are symmetric, so the voxel order does not matter.
     """
+    import SimpleITK as sitk
+
     finite = np.nan_to_num(np.asarray(data, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     if not np.any(finite != finite.flat[0]):
         return np.zeros(finite.shape, dtype=bool)

@@ -8,13 +8,8 @@ indices through world space, so nothing about the geometry is approximated.
 from __future__ import annotations
 
 import numpy as np
-import SimpleITK as sitk
 
-_INTERPOLATORS = {
-    "linear": sitk.sitkLinear,
-    "nearest": sitk.sitkNearestNeighbor,
-    "bspline": sitk.sitkBSpline,
-}
+_INTERPOLATORS = {"linear": "sitkLinear", "nearest": "sitkNearestNeighbor", "bspline": "sitkBSpline"}
 
 
 def grid_with_spacing(shape: tuple[int, ...], affine: np.ndarray,
@@ -44,6 +39,8 @@ def resample_to_grid(data: np.ndarray, affine: np.ndarray, out_shape: tuple[int,
     out_affine = np.asarray(out_affine, dtype=np.float64)
     if tuple(out_shape) == tuple(data.shape) and np.allclose(affine, out_affine, atol=1e-6):
         return np.array(data, dtype=np.float32, copy=True)
+    import SimpleITK as sitk  # imported here: only needed when a grid really changes
+
     # Output index -> world -> input index.
     vox2vox = np.linalg.inv(affine) @ out_affine
     transform = sitk.AffineTransform(3)
@@ -52,6 +49,6 @@ def resample_to_grid(data: np.ndarray, affine: np.ndarray, out_shape: tuple[int,
     # SimpleITK arrays are (z, y, x); with unit geometry its indices are our (i, j, k).
     image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(data, np.float32).transpose(2, 1, 0)))
     reference = sitk.Image([int(s) for s in out_shape], sitk.sitkFloat32)
-    out = sitk.Resample(image, reference, transform, _INTERPOLATORS[interpolation], float(default),
+    out = sitk.Resample(image, reference, transform, getattr(sitk, _INTERPOLATORS[interpolation]), float(default),
                         sitk.sitkFloat32)
     return sitk.GetArrayFromImage(out).transpose(2, 1, 0).copy()

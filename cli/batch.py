@@ -1,0 +1,141 @@
+"""Running one job over many cases: naming outputs, per-case errors, progress, provenance."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from medhdiff.errors import InputError, MedhdiffError
+from medhdiff.io import expand_inputs, full_suffix, select_shard, stem
+from medhdiff.io.atomic import check_output_path
+from medhdiff.io.readers import IMAGE_SUFFIXES
+from medhdiff.tasks.record import run_record, write_run_record
+from medhdiff_cli.common import err_console, state
+
+
+class Terminated(MedhdiffError):
+    """SIGTERM arrived; outputs are written atomically so nothing partial remains."""
+
+    exit_code = 143
+
+
+@contextmanager
+def sigterm_as_exception() -> Iterator[None]:
+    def handler(signum, frame):  # noqa: ARG001
+        raise Terminated("terminated by SIGTERM; no partial output was left")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def looks_like_file(p: Path) -> bool:
+    return full_suffix(p) in IMAGE_SUFFIXES or p.suffix.lower() in (".json", ".png")
+
+
+def resolve_output(case: Path, value: Path | None, suffix: str, ext: str, n_cases: int,
+                   default_dir: Path | None) -> Path:
+    """Where one output of one case goes.
+
+    ``value`` may be a file name (one case only) or a folder; ``None`` gives
+    ``<default_dir or the input's folder>/<stem>_<suffix><ext>``.
+    """
+    name = f"{stem(case)}_{suffix}{ext}"
+    if value is None:
+        return (default_dir if default_dir is not None else case.parent) / name
+    if value.is_dir() or not looks_like_file(value):
+        value.mkdir(parents=True, exist_ok=True)
+        return value / name
+    if n_cases > 1:
+        raise InputError(f"{value} names one file, but there are {n_cases} inputs; give a folder instead")
+    return value
+
+
+@dataclass
+class CaseOutcome:
+    case: Path
+    status: str = "ok"
+    error: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err_console, transient=True, disable=not err_console.is_terminal)
+
+
+def run_cases(command: str, inputs: list[Path], shard: str | None, args: dict[str, Any],
+              process: Callable[[Path, Progress], CaseOutcome], record_dir: Callable[[list[CaseOutcome]], Path | None],
+              model_sha256: str | None) -> None:
+    """Run ``process`` over every case; report failures and exit non-zero at the end if any failed."""
+    started = time.time()
+    cases = select_shard(expand_inputs(inputs), shard)
+    outcomes: list[CaseOutcome] = []
+    with sigterm_as_exception(), progress_bar() as bar:
+        overall = bar.add_task(command, total=len(cases))
+        for case in cases:
+            try:
+                outcome = process(case, bar)
+            except KeyboardInterrupt:
+                print("error: interrupted; no partial output was left", file=sys.stderr)
+                raise typer.Exit(130) from None
+            except Terminated as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                raise typer.Exit(143) from None
+            except MedhdiffError as exc:
+                outcome = CaseOutcome(case, status="failed", error=str(exc))
+                outcome.numbers["exit_code"] = exc.exit_code if exc.exit_code in (1, 2) else 1
+                print(f"error: {case}: {exc}", file=sys.stderr)
+            except Exception as exc:  # noqa: BLE001 - one bad case must not stop the cohort
+                if state.debug:
+                    import traceback
+
+                    traceback.print_exc()
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                if "out of memory" in msg.lower():
+                    msg += " (lower --batch-size, or use --device cpu)"
+                outcome = CaseOutcome(case, status="failed", error=f"{type(exc).__name__}: {msg}")
+                outcome.numbers["exit_code"] = 1
+                print(f"error: {case}: {outcome.error}", file=sys.stderr)
+            outcomes.append(outcome)
+            bar.advance(overall)
+    folder = record_dir(outcomes)
+    if folder is not None and folder.is_dir():
+        write_run_record(folder, run_record(command, args, model_sha256, [
+            {"input": str(o.case), "status": o.status, "error": o.error, "outputs": o.outputs, **o.numbers}
+            for o in outcomes], started))
+    failed = [o for o in outcomes if o.status != "ok"]
+    if failed:
+        print(f"error: {len(failed)} of {len(outcomes)} case(s) failed", file=sys.stderr)
+        # 2 when every failure was bad input, 1 when anything failed at run time
+        raise typer.Exit(1 if any(o.numbers.get("exit_code") == 1 for o in failed) else 2)
+
+
+def check_outputs(paths: dict[str, Path], case: Path, overwrite: bool) -> None:
+    for p in paths.values():
+        check_output_path(p, overwrite=overwrite, inputs=(case,))
+
+
+def sampler_progress(bar: Progress) -> Callable[[str, int, int], None]:
+    tasks: dict[str, int] = {}
+
+    def report(stage: str, step: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(f"  {stage} steps", total=total)
+        bar.update(tasks[stage], completed=step, total=total)
+        if step >= total:
+            bar.remove_task(tasks.pop(stage))
+
+    return report

@@ -1,0 +1,332 @@
+"""The :class:`Predictor`: load a model once, then denoise, reconstruct or detect many scans.
+
+Every job follows the same path: the scan is brought into model space by the
+model's own :class:`~medhdiff.preprocess.Preprocessor` (the one training
+used), the hierarchical sampler runs there, and the result is mapped back
+onto the scan's grid with :meth:`Preprocessor.inverse`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from medhdiff.device import resolve_device
+from medhdiff.diffusion.bundle import ModelBundle, load_bundle
+from medhdiff.diffusion.sampler import HierarchicalSampler
+from medhdiff.diffusion.schedule import NoiseSchedule
+from medhdiff.errors import InputError
+from medhdiff.io.volume import Volume
+from medhdiff.preprocess import PreprocessConfig, Preprocessed, Preprocessor
+from medhdiff.tasks.noise import estimate_sigma, rician_bias_correct
+from medhdiff.tasks.results import DenoiseResult, DetectResult, ReconstructResult
+
+log = logging.getLogger("medhdiff")
+
+ProgressFn = Callable[[str, int, int], None]
+
+#: Contrasts whose lesions are hyperintense (tumour, oedema, MS plaques).
+BRIGHT_LESION_CONTRASTS = ("t2", "flair")
+
+
+def default_weights() -> Path | None:
+    """The model shipped inside the package, if this installation has one."""
+    try:
+        folder = resources.files("medhdiff") / "models" / "default"
+    except (ModuleNotFoundError, FileNotFoundError):
+        return None
+    path = Path(str(folder))
+    return path if (path / "model.safetensors").is_file() else None
+
+
+def guess_contrast(name: str) -> str | None:
+    low = Path(name).name.lower()
+    for contrast, keys in (("flair", ("flair", "_fla", "t2f", "fla.")), ("t2", ("t2",)), ("t1", ("t1",))):
+        if any(k in low for k in keys):
+            return contrast
+    return None
+
+
+class Predictor:
+    """A loaded model plus its preprocessing, sampler and device.
+
+    ``weights``: a model folder, a ``model.safetensors`` path, or ``None``
+    for the bundled default model. ``batch_size`` is the number of windows
+    per network call (memory), ``progress(stage, step, total)`` is called
+    during sampling.
+    """
+
+    def __init__(self, weights: str | Path | None = None, device: str = "auto", batch_size: int = 4,
+                 progress: ProgressFn | None = None, bundle: ModelBundle | None = None):
+        self.device = resolve_device(device)
+        if bundle is None:
+            path = Path(weights) if weights is not None else default_weights()
+            if path is None:
+                raise InputError("no default model is installed; pass --weights MODEL_DIR")
+            bundle = load_bundle(path, device=self.device)
+        else:
+            bundle.to(self.device)
+        self.bundle = bundle
+        self.cfg = bundle.config
+        self.schedule = NoiseSchedule(self.cfg.schedule)
+        pre_cfg = PreprocessConfig.from_dict(bundle.preprocess) if bundle.preprocess else PreprocessConfig()
+        mult = self.cfg.coarse_factor * 2 ** (len(self.cfg.global_net.channels) - 1)
+        if pre_cfg.pad_multiple % mult:
+            pre_cfg.pad_multiple = int(np.lcm(pre_cfg.pad_multiple, mult))
+        self.preprocessor = Preprocessor(pre_cfg)
+        amp = torch.bfloat16 if self.device.type == "cuda" else None
+        self.sampler = HierarchicalSampler(self.schedule, self.cfg, device=self.device, batch_size=batch_size,
+                                           progress=progress, amp_dtype=amp)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def sha256(self) -> str:
+        return self.bundle.sha256
+
+    def set_progress(self, progress: ProgressFn | None) -> None:
+        self.sampler.progress = progress
+
+    def class_label(self, contrast: str | None, source: str = "") -> int | None:
+        """The contrast index for a class-conditional model; warns on a mismatch."""
+        conditional = self.cfg.patch_net.num_class_embeds is not None
+        known = list(self.cfg.contrasts)
+        if contrast is None:
+            contrast = guess_contrast(source)
+            if contrast is None:
+                if conditional:
+                    log.warning("%s: contrast unknown (pass --contrast); assuming %s", source or "input", known[0])
+                    return 0
+                return None
+        contrast = contrast.lower()
+        if contrast not in known:
+            log.warning("%s: this model was trained for %s, not %s; results may be poor",
+                        source or "input", "/".join(known), contrast)
+            return 0 if conditional else None
+        return known.index(contrast) if conditional else None
+
+    def prepare(self, volume: Volume, mask: Volume | np.ndarray | None = None) -> Preprocessed:
+        return self.preprocessor.forward(volume, mask=mask)
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+
+    # ------------------------------------------------------------------ denoise
+    def denoise(self, volume: Volume, *, sigma: float | str = "auto", steps: int = 1,
+                mask: Volume | np.ndarray | None = None, contrast: str | None = None,
+                rician: bool = True, seed: int = 0) -> DenoiseResult:
+        """Estimate the noise level, start the reverse diffusion at the matching timestep.
+
+        ``steps=1`` returns the Tweedie (MMSE) estimate; more steps run DDIM
+        from that timestep and give a sharper but less averaged result.
+        """
+        start = time.time()
+        if steps < 1:
+            raise InputError("--steps must be >= 1")
+        prep = self.prepare(volume, mask)
+        scale = prep.record.norm.scale
+        if sigma == "auto":
+            sigma_norm, method = estimate_sigma(prep.image, prep.mask)
+        else:
+            try:
+                sigma_norm, method = float(sigma) / scale, "given"
+            except (TypeError, ValueError):
+                raise InputError(f"--sigma must be auto or a number, got {sigma!r}") from None
+            if sigma_norm < 0:
+                raise InputError("--sigma must be >= 0")
+        label = self.class_label(contrast, str(volume.path or ""))
+        t = int(self.schedule.timestep_for_sigma(sigma_norm))
+        y = self._tensor(prep.image)
+        m = self._tensor(prep.mask.astype(np.float32))
+        if t <= 0:
+            out = prep.image
+        else:
+            x_t = self.schedule.xt_from_noisy(y, t)
+            res = self.sampler.sample(self.bundle.global_model, self.bundle.patch_model, x_t, t, steps,
+                                      mask=m, class_label=label)
+            out = res.x0[0, 0].cpu().numpy()
+            if rician and sigma_norm > 0:
+                out = np.where(prep.mask, rician_bias_correct(out, sigma_norm), out)
+        image = self.preprocessor.inverse(out, prep.record, kind="image")
+        brain = self.preprocessor.inverse(prep.mask.astype(np.float32), prep.record, kind="mask").astype(bool)
+        data = np.nan_to_num(volume.data.astype(np.float32))
+        # outside the processed brain the input is returned unchanged
+        image = np.where(brain, image, data).astype(np.float32)
+        return DenoiseResult(image=image, residual=(data - image).astype(np.float32), sigma=float(sigma_norm * scale),
+                             sigma_method=method, timestep=t, steps=steps, seconds=time.time() - start,
+                             info={"sigma_normalised": float(sigma_norm), "mask_source": prep.record.mask_source,
+                                   "model_shape": list(prep.record.model_shape)})
+
+    # ------------------------------------------------------------------ reconstruct
+    def _reconstruct_model_space(self, prep: Preprocessed, t: int, steps: int, label: int | None,
+                                 generator: torch.Generator, region: np.ndarray | None = None) -> np.ndarray:
+        x0 = self._tensor(prep.image)
+        m = self._tensor(prep.mask.astype(np.float32))
+        noise = torch.randn(x0.shape, generator=generator)
+        x_t = self.schedule.add_noise(x0, noise, t)
+        hook = None
+        if region is not None:
+            known = self._tensor((~region).astype(np.float32))
+
+            def hook(x: torch.Tensor, t_prev: int, stage: str) -> torch.Tensor:  # RePaint-style replacement
+                if stage != "patch":
+                    return x
+                if t_prev < 0:
+                    return known * x0 + (1 - known) * x
+                fresh = self.schedule.add_noise(x0, torch.randn(x0.shape, generator=generator), t_prev)
+                return known * fresh + (1 - known) * x
+
+        res = self.sampler.sample(self.bundle.global_model, self.bundle.patch_model, x_t, t, steps, mask=m,
+                                  class_label=label, step_hook=hook)
+        return res.x0[0, 0].cpu().numpy()
+
+    def reconstruct(self, volume: Volume, *, strength: float = 0.5, steps: int = 10,
+                    region: Volume | np.ndarray | None = None, mask: Volume | np.ndarray | None = None,
+                    contrast: str | None = None, seed: int = 0) -> ReconstructResult:
+        """Pseudo-healthy reconstruction (SDEdit): noise to ``strength`` then denoise.
+
+        With ``region`` (a mask on the input grid) only that region is
+        re-synthesised (RePaint-style inpainting): at every step the voxels
+        outside it are replaced by the input noised to the same level, and the
+        output equals the input outside the region.
+        """
+        start = time.time()
+        if not 0.0 < strength <= 1.0:
+            raise InputError("--strength must be in (0, 1]")
+        prep = self.prepare(volume, mask)
+        label = self.class_label(contrast, str(volume.path or ""))
+        t = max(1, int(round(strength * (self.schedule.num_train_timesteps - 1))))
+        g = torch.Generator().manual_seed(int(seed))
+        region_model = None
+        region_orig = None
+        if region is not None:
+            region_arr = region.data if isinstance(region, Volume) else np.asarray(region)
+            if region_arr.shape != volume.shape:
+                raise InputError(f"--mask region shape {region_arr.shape} differs from the image {volume.shape}")
+            region_orig = region_arr > 0
+            if not region_orig.any():
+                raise InputError("the inpainting region is empty")
+            region_model = self.preprocessor.to_model(region_orig.astype(np.float32), prep.record, kind="map") > 0
+            region_model = ndimage.binary_dilation(region_model, iterations=1)
+        out = self._reconstruct_model_space(prep, t, steps, label, g, region_model)
+        image = self.preprocessor.inverse(out, prep.record, kind="image")
+        data = np.nan_to_num(volume.data.astype(np.float32))
+        if region_orig is not None:
+            image = np.where(region_orig, image, data)
+        else:
+            brain = self.preprocessor.inverse(prep.mask.astype(np.float32), prep.record, kind="mask").astype(bool)
+            image = np.where(brain, image, data)
+        return ReconstructResult(image=image.astype(np.float32), timestep=t, steps=steps,
+                                 seconds=time.time() - start)
+
+    # ------------------------------------------------------------------ detect
+    def anomaly_map(self, prep: Preprocessed, *, label: int | None, polarity: str, ensemble: int,
+                    strengths: tuple[float, ...], steps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Model-space anomaly score and mean reconstruction (median over the ensemble)."""
+        g = torch.Generator().manual_seed(int(seed))
+        recs, residuals = [], []
+        for k in range(max(1, ensemble)):
+            s = strengths[k % len(strengths)]
+            t = max(1, int(round(s * (self.schedule.num_train_timesteps - 1))))
+            rec = self._reconstruct_model_space(prep, t, steps, label, g)
+            recs.append(rec)
+            diff = prep.image - rec
+            if polarity == "bright":
+                diff = np.maximum(diff, 0.0)
+            elif polarity == "dark":
+                diff = np.maximum(-diff, 0.0)
+            else:
+                diff = np.abs(diff)
+            residuals.append(diff)
+        score = np.median(np.stack(residuals), axis=0)
+        score = ndimage.median_filter(score, size=3)
+        inner = ndimage.binary_erosion(prep.mask, iterations=2)
+        score = np.where(inner, score, 0.0).astype(np.float32)
+        return score, np.mean(np.stack(recs), axis=0).astype(np.float32)
+
+    def detect(self, volume: Volume, *, threshold: float | str = "auto", ensemble: int = 3,
+               strengths: tuple[float, ...] | None = None, steps: int | None = None,
+               mask: Volume | np.ndarray | None = None, contrast: str | None = None,
+               polarity: str = "auto", min_volume_ml: float | None = None, seed: int = 0) -> DetectResult:
+        """Anomaly map, thresholded mask and a report of connected components."""
+        start = time.time()
+        cal = dict(self.bundle.meta.get("calibration", {}))
+        strengths = tuple(strengths or cal.get("strengths", (0.3, 0.4, 0.5)))
+        steps = int(steps or cal.get("steps", 4))
+        min_volume_ml = float(min_volume_ml if min_volume_ml is not None else cal.get("min_volume_ml", 0.2))
+        prep = self.prepare(volume, mask)
+        label = self.class_label(contrast, str(volume.path or ""))
+        name = self.cfg.contrasts[label] if label is not None else (contrast or guess_contrast(str(volume.path or "")))
+        if polarity == "auto":
+            polarity = "bright" if name in BRIGHT_LESION_CONTRASTS else "both"
+        if polarity not in ("bright", "dark", "both"):
+            raise InputError("--polarity must be auto, bright, dark or both")
+        score, rec = self.anomaly_map(prep, label=label, polarity=polarity, ensemble=ensemble,
+                                      strengths=strengths, steps=steps, seed=seed)
+        score_map = np.maximum(self.preprocessor.inverse(score, prep.record, kind="map"), 0.0)
+        reconstruction = self.preprocessor.inverse(rec, prep.record, kind="image")
+        if threshold == "auto":
+            thr_table = cal.get("threshold", {})
+            thr = thr_table.get(name) if isinstance(thr_table, dict) else thr_table
+            if thr is None:
+                inner = score[ndimage.binary_erosion(prep.mask, iterations=2)]
+                thr = float(np.median(inner) + 6.0 * 1.4826 * np.median(np.abs(inner - np.median(inner))))
+                log.warning("the model has no calibrated threshold for %s; using a per-scan robust one (%.4f)",
+                            name, thr)
+                thr_source = "per-scan robust (median + 6 MAD)"
+            else:
+                thr_source = "calibrated on healthy validation volumes"
+        else:
+            try:
+                thr, thr_source = float(threshold), "user"
+            except (TypeError, ValueError):
+                raise InputError(f"--threshold must be auto or a number, got {threshold!r}") from None
+        binary = score_map > thr
+        labels, n = ndimage.label(binary)
+        voxel_ml = volume.voxel_volume_ml
+        components = []
+        keep = np.zeros(binary.shape, dtype=bool)
+        if n:
+            idx = np.arange(1, n + 1)
+            sizes = ndimage.sum_labels(np.ones_like(score_map), labels, idx)
+            maxs = ndimage.maximum(score_map, labels, idx)
+            means = ndimage.mean(score_map, labels, idx)
+            centres = ndimage.center_of_mass(np.ones_like(score_map), labels, idx)
+            for i, size, mx, mean, c in zip(idx, sizes, maxs, means, centres):
+                ml = float(size) * voxel_ml
+                if ml < min_volume_ml:
+                    continue
+                keep |= labels == i
+                world = volume.affine @ np.array([*c, 1.0])
+                components.append({"volume_ml": round(ml, 3), "centroid_mm": [round(float(v), 2) for v in world[:3]],
+                                   "centroid_voxel": [round(float(v), 1) for v in c],
+                                   "max_score": round(float(mx), 5), "mean_score": round(float(mean), 5)})
+        components.sort(key=lambda c: -c["volume_ml"])
+        for k, c in enumerate(components, start=1):
+            c["id"] = k
+        report = {
+            "input": str(volume.path) if volume.path else None,
+            "contrast": name,
+            "polarity": polarity,
+            "threshold": float(thr),
+            "threshold_source": thr_source,
+            "min_component_ml": min_volume_ml,
+            "total_lesion_ml": round(float(sum(c["volume_ml"] for c in components)), 3),
+            "n_components": len(components),
+            "components": components,
+            "ensemble": ensemble,
+            "strengths": list(strengths),
+            "steps": steps,
+            "model_sha256": self.sha256,
+        }
+        seconds = time.time() - start
+        report["seconds"] = round(seconds, 2)
+        return DetectResult(score_map=score_map.astype(np.float32), mask=keep.astype(np.uint8), report=report,
+                            reconstruction=reconstruction, seconds=seconds)

@@ -1,0 +1,144 @@
+"""Training configuration: YAML validated into dataclasses.
+
+A YAML file has four sections, each optional: ``model`` (see
+:class:`medhdiff.diffusion.config.ModelConfig`), ``preprocess`` (see
+:class:`medhdiff.preprocess.PreprocessConfig`), ``data`` and ``optim``. Any
+unknown key anywhere is an error that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from medhdiff.diffusion.config import ModelConfig
+from medhdiff.errors import InputError
+from medhdiff.preprocess import PreprocessConfig
+
+
+def _check(cls: type, data: Mapping[str, Any], where: str) -> None:
+    if not isinstance(data, Mapping):
+        raise InputError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+
+
+@dataclass
+class DataConfig:
+    """Where training volumes come from and how items are cut from them.
+
+    ``source``: ``synthetic`` (label maps -> random-contrast brains) or
+    ``folder`` (real NIfTI volumes in ``folder``; a file ``<stem>_mask.nii.gz``
+    next to a volume marks lesion voxels to exclude from the loss).
+    ``labelmaps``: ``builtin`` or a folder of label maps; ``extra_labelmaps``
+    adds the built-in map to a folder.
+    """
+
+    source: str = "synthetic"
+    labelmaps: str = "builtin"
+    include_builtin: bool = True
+    folder: str | None = None
+    contrasts: tuple[str, ...] = ("t1", "t2", "flair")
+    noise_range: tuple[float, float] = (0.0, 0.03)
+    coarse_shape: tuple[int, int, int] = (48, 56, 48)
+    patches_per_volume: int = 32
+    cond_noise: float = 0.05
+    cond_blur: float = 1.0
+    num_workers: int = 0
+    validation_volumes: int = 2
+
+    def __post_init__(self) -> None:
+        if self.source not in ("synthetic", "folder"):
+            raise InputError(f"data.source must be synthetic or folder, got {self.source!r}")
+        self.contrasts = tuple(str(c) for c in self.contrasts)
+        self.noise_range = tuple(float(v) for v in self.noise_range)  # type: ignore[assignment]
+        self.coarse_shape = tuple(int(v) for v in self.coarse_shape)  # type: ignore[assignment]
+        if len(self.coarse_shape) != 3:
+            raise InputError("data.coarse_shape needs 3 entries")
+        self.patches_per_volume = int(self.patches_per_volume)
+        self.num_workers = int(self.num_workers)
+
+
+@dataclass
+class OptimConfig:
+    """Optimisation for each stage: AdamW, EMA, clipping, warm-up then cosine decay."""
+
+    steps_global: int = 2000
+    steps_local: int = 4000
+    batch_global: int = 2
+    batch_local: int = 8
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    amp: bool = True
+    checkpoint_every: int = 200
+    validate_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps_global", "steps_local", "batch_global", "batch_local", "warmup_steps",
+                     "checkpoint_every", "validate_every", "log_every", "seed"):
+            setattr(self, name, int(getattr(self, name)))
+        for name in ("lr", "weight_decay", "min_lr_ratio", "ema_decay", "grad_clip"):
+            setattr(self, name, float(getattr(self, name)))
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise InputError("optim.ema_decay must be in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "config") -> "TrainConfig":
+        d = dict(d or {})
+        _check(cls, d, where)
+        try:
+            model = ModelConfig.from_dict(d.get("model", {}))
+            pre = PreprocessConfig.from_dict(d.get("preprocess", {}))
+        except ValueError as exc:
+            raise InputError(f"{where}: {exc}") from None
+        _check(DataConfig, d.get("data", {}), f"{where}: data")
+        _check(OptimConfig, d.get("optim", {}), f"{where}: optim")
+        try:
+            data = DataConfig(**d.get("data", {}))
+            optim = OptimConfig(**d.get("optim", {}))
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{where}: {exc}") from None
+        if pre.pad_multiple % model.volume_multiple:
+            raise InputError(f"{where}: preprocess.pad_multiple ({pre.pad_multiple}) must be a multiple of "
+                             f"{model.volume_multiple} (coarse_factor x 2^(levels-1) of the global network)")
+        unknown = set(data.contrasts) - set(model.contrasts)
+        if unknown:
+            raise InputError(f"{where}: data.contrasts {sorted(unknown)} are not in model.contrasts")
+        return cls(model=model, preprocess=pre, data=data, optim=optim, description=str(d.get("description", "")))
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read and validate a YAML (or JSON) training config."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"no such config file: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"{p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    return TrainConfig.from_dict(raw, where=str(p))
