@@ -25,6 +25,8 @@ def train(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Stop each stage at this step (the LR schedule keeps the config's length)."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads."),
+    time_limit: float | None = typer.Option(None, "--time-limit", help="Stop after this many seconds (checkpointed, exported)."),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="Calibrate the detection threshold on healthy synthetic volumes after training."),
 ) -> None:
     """Train the global and patch stages; writes RUN/model/model.safetensors + model.json."""
     from medhdiff.training import load_config, run_training
@@ -63,7 +65,7 @@ def train(
 
         try:
             model_dir = run_training(cfg, out, stage=stage, device=device, max_steps=max_steps, resume=resume,
-                                     progress=progress, argv=sys.argv)
+                                     progress=progress, argv=sys.argv, time_limit=time_limit, calibrate=calibrate)
         except TrainingInterrupted as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise typer.Exit(128 + exc.signum) from None

@@ -68,7 +68,12 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimisation for each stage: AdamW, EMA, clipping, warm-up then cosine decay."""
+    """Optimisation for each stage: AdamW, EMA, clipping, warm-up then cosine decay.
+
+    ``low_t_fraction`` of each batch draws its timestep from ``[0, low_t_max)``
+    instead of the whole schedule: denoising starts at low noise levels, so the
+    networks see more of them.
+    """
 
     steps_global: int = 2000
     steps_local: int = 4000
@@ -84,13 +89,15 @@ class OptimConfig:
     checkpoint_every: int = 200
     validate_every: int = 500
     log_every: int = 10
+    low_t_fraction: float = 0.0
+    low_t_max: int = 150
     seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("steps_global", "steps_local", "batch_global", "batch_local", "warmup_steps",
-                     "checkpoint_every", "validate_every", "log_every", "seed"):
+                     "checkpoint_every", "validate_every", "log_every", "low_t_max", "seed"):
             setattr(self, name, int(getattr(self, name)))
-        for name in ("lr", "weight_decay", "min_lr_ratio", "ema_decay", "grad_clip"):
+        for name in ("lr", "weight_decay", "min_lr_ratio", "ema_decay", "grad_clip", "low_t_fraction"):
             setattr(self, name, float(getattr(self, name)))
         if not 0.0 <= self.ema_decay < 1.0:
             raise InputError("optim.ema_decay must be in [0, 1)")

@@ -60,7 +60,7 @@ class ModelSpaceVolume:
 class SyntheticSource:
     """Healthy brains synthesised from label maps (SynthSeg-style), one per draw."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, spacing: float | None = None):
         from medhdiff.synth import HealthyBrainGenerator, list_labelmaps, load_builtin_labelmap
 
         self.cfg = cfg
@@ -74,7 +74,8 @@ class SyntheticSource:
         if spec == "builtin" or cfg.data.include_builtin or not self._paths:
             labels, affine = load_builtin_labelmap()
             self.maps.append(("mni152", labels, affine))
-        spacing = cfg.preprocess.spacing[0] if cfg.preprocess.spacing else 1.0
+        if spacing is None:
+            spacing = cfg.preprocess.spacing[0] if cfg.preprocess.spacing else 1.0
         self.generators = {
             c: HealthyBrainGenerator(contrast=c, spacing=spacing, noise_range=cfg.data.noise_range)
             for c in cfg.data.contrasts
@@ -143,8 +144,18 @@ class FolderSource:
         return RawVolume(vol.data, vol.affine, None, lesion, contrast, stem(path))
 
 
-def make_source(cfg: TrainConfig):
-    return SyntheticSource(cfg) if cfg.data.source == "synthetic" else FolderSource(cfg)
+def make_source(cfg: TrainConfig, spacing: float | None = None):
+    return SyntheticSource(cfg, spacing) if cfg.data.source == "synthetic" else FolderSource(cfg)
+
+
+def coarse_preprocess_config(cfg: TrainConfig):
+    """The model's preprocessing at the global stage's spacing (for synthesising coarse brains directly)."""
+    import dataclasses
+
+    f = cfg.model.coarse_factor
+    spacing = tuple(s * f for s in (cfg.preprocess.spacing or (1.0, 1.0, 1.0)))
+    mult = 2 ** (len(cfg.model.global_net.channels) - 1)
+    return dataclasses.replace(cfg.preprocess, spacing=spacing, pad_multiple=max(mult, cfg.preprocess.pad_multiple // f))
 
 
 def to_model_space(raw: RawVolume, cfg: TrainConfig, preprocessor: Preprocessor) -> ModelSpaceVolume:
@@ -202,13 +213,17 @@ def augment_condition(coarse: torch.Tensor, rng: np.random.Generator, noise: flo
 
 
 class _StreamBase(IterableDataset):
+    #: synthesise directly at the coarse spacing (global stage, synthetic source only)
+    coarse_direct = False
+
     def __init__(self, cfg: TrainConfig, seed: int = 0, rank: int = 0, world: int = 1, source=None):
         super().__init__()
         self.cfg = cfg
         self.seed = int(seed)
         self.rank, self.world = int(rank), int(world)
         self._source = source
-        self.preprocessor = Preprocessor(cfg.preprocess)
+        self.direct = self.coarse_direct and cfg.data.source == "synthetic"
+        self.preprocessor = Preprocessor(coarse_preprocess_config(cfg) if self.direct else cfg.preprocess)
 
     def _rng(self) -> np.random.Generator:
         info = get_worker_info()
@@ -217,7 +232,8 @@ class _StreamBase(IterableDataset):
 
     def source(self):
         if self._source is None:
-            self._source = make_source(self.cfg)
+            spacing = self.preprocessor.config.spacing[0] if self.direct else None
+            self._source = make_source(self.cfg, spacing)
             if isinstance(self._source, FolderSource):
                 self._source.shard(self.rank, self.world)
         return self._source
@@ -229,11 +245,18 @@ class _StreamBase(IterableDataset):
 
 
 class GlobalDataset(_StreamBase):
-    """Items ``{"x0", "weight", "label"}``: whole brains at coarse spacing, fixed shape."""
+    """Items ``{"x0", "weight", "label"}``: whole brains at coarse spacing, fixed shape.
+
+    Synthetic brains are generated directly at the coarse spacing (much
+    cheaper than synthesising at full resolution and pooling); real volumes
+    are preprocessed at full resolution and average-pooled, as at inference.
+    """
+
+    coarse_direct = True
 
     def __iter__(self):
         rng = self._rng()
-        f = self.cfg.model.coarse_factor
+        f = 1 if self.direct else self.cfg.model.coarse_factor
         shape = self.cfg.data.coarse_shape
         for vol in self.volumes(rng):
             x0 = fit_shape(downsample(vol.image[None], f)[0], shape)

@@ -29,7 +29,8 @@ def _write_json(path: Path, doc: dict) -> None:
 
 def run_training(cfg: TrainConfig, out_dir: str | Path, *, stage: str = "both", device: str = "auto",
                  max_steps: int | None = None, resume: bool = False,
-                 progress: Callable[[dict], None] | None = None, argv: list[str] | None = None) -> Path:
+                 progress: Callable[[dict], None] | None = None, argv: list[str] | None = None,
+                 time_limit: float | None = None, calibrate: bool = True) -> Path:
     """Train the requested stage(s) into ``out_dir`` and export ``out_dir/model``.
 
     Refuses to start over a run folder that already has checkpoints unless
@@ -62,11 +63,26 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, stage: str = "both", 
             "max_steps": max_steps, "seed": cfg.optim.seed,
         })
     torch.manual_seed(cfg.optim.seed + rank)
+    t0 = time.time()
+    # a time limit is shared out between the stages: the patch stage gets the larger part
+    weights = {"global": 0.3, "local": 0.7}
+    share = sum(weights[s] for s in stages)
+    spent = 0.0
     for s in stages:
-        trainer = StageTrainer(cfg, s, run, dev, max_steps=max_steps, progress=progress)
+        deadline = None
+        if time_limit is not None:
+            spent += weights[s] / share
+            deadline = t0 + time_limit * spent
+        trainer = StageTrainer(cfg, s, run, dev, max_steps=max_steps, progress=progress, deadline=deadline)
         if resume and trainer.resume():
             log.info("resuming the %s stage at step %d", s, trainer.step)
         trainer.train()
     if rank == 0:
         export_model(cfg, run)
+        if calibrate:
+            from medhdiff.training.calibrate import calibrate_detection
+
+            calibrate_detection(run / "model", cfg, device=dev)
+    if world > 1 and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return run / "model"

@@ -61,7 +61,8 @@ class StageTrainer:
     """Trains one stage (``global`` or ``local``) into ``run_dir/<stage>/``."""
 
     def __init__(self, cfg: TrainConfig, stage: str, run_dir: Path, device: torch.device,
-                 max_steps: int | None = None, progress: Callable[[dict], None] | None = None):
+                 max_steps: int | None = None, progress: Callable[[dict], None] | None = None,
+                 deadline: float | None = None):
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}")
         self.cfg, self.stage, self.device = cfg, stage, device
@@ -85,6 +86,7 @@ class StageTrainer:
 
             self.ddp_model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self._stop_signal: int | None = None
+        self.deadline = deadline
 
     # -- state --------------------------------------------------------------
     @property
@@ -216,7 +218,8 @@ class StageTrainer:
             else:
                 from medhdiff.diffusion.sampler import HierarchicalSampler
 
-                sampler = HierarchicalSampler(self.schedule, self.cfg.model, device=self.device, batch_size=4)
+                sampler = HierarchicalSampler(self.schedule, self.cfg.model, device=self.device,
+                                              batch_size=32 if self.device.type == "cuda" else 4)
                 cond = upsample(downsample(x0, f), x0.shape[2:])
                 rec = sampler.tweedie(self.ema, x_t, tv, cond, mask=vol.brain[None].to(self.device),
                                       class_label=vol.label)
@@ -227,6 +230,15 @@ class StageTrainer:
         save_slice_grid([x0[0, 0].cpu().numpy(), (x_t[0, 0] / scale).cpu().numpy(), rec[0, 0].cpu().numpy()],
                         self.dir / f"preview_{self.step:07d}.png",
                         titles=["clean", f"noisy t={tv}", "reconstruction"])
+
+    def _sample_t(self, b: int, gen: torch.Generator) -> torch.Tensor:
+        cfg = self.cfg.optim
+        t = torch.randint(0, self.schedule.num_train_timesteps, (b,), generator=gen)
+        if cfg.low_t_fraction > 0:
+            low = torch.randint(0, max(1, min(cfg.low_t_max, self.schedule.num_train_timesteps)), (b,), generator=gen)
+            pick = torch.rand(b, generator=gen) < cfg.low_t_fraction
+            t = torch.where(pick, low, t)
+        return t
 
     # -- loop -----------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
@@ -248,7 +260,7 @@ class StageTrainer:
                 for group in self.opt.param_groups:
                     group["lr"] = cfg.lr * lr_factor(self.step, self.total, cfg.warmup_steps, cfg.min_lr_ratio)
                 b = batch["x0"].shape[0]
-                t = torch.randint(0, self.schedule.num_train_timesteps, (b,), generator=gen).to(self.device)
+                t = self._sample_t(b, gen).to(self.device)
                 noise = torch.randn(batch["x0"].shape, generator=gen).to(self.device)
                 self.ddp_model.train()
                 loss = self.loss_on(self.ddp_model, batch, t, noise)
@@ -260,7 +272,7 @@ class StageTrainer:
                 self.step += 1
                 self._ema_update()
                 now = time.time()
-                rec = {"step": self.step, "loss": float(loss), "lr": self.opt.param_groups[0]["lr"],
+                rec = {"step": self.step, "loss": float(loss.detach()), "lr": self.opt.param_groups[0]["lr"],
                        "sec": round(now - t_last, 4), "time": round(now, 3)}
                 t_last = now
                 if self.step % max(1, cfg.log_every) == 0 or self.step == target:
@@ -276,6 +288,9 @@ class StageTrainer:
                         self.progress({"stage": self.stage, "step": self.step, "val_loss": val, "target": target})
                 if self._stop_signal is not None:
                     raise TrainingInterrupted(self._stop_signal)
+                if self.deadline is not None and time.time() >= self.deadline:
+                    log.info("%s stage: time limit reached at step %d", self.stage, self.step)
+                    break
         except (KeyboardInterrupt, TrainingInterrupted):
             self.save()
             raise

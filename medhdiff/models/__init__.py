@@ -1,0 +1,1 @@
+"""Models shipped inside the package (``default/``: model.safetensors + model.json)."""
