@@ -72,4 +72,7 @@ def train(
         except KeyboardInterrupt:
             print(f"error: interrupted; the last checkpoint is in {out}; continue with --resume", file=sys.stderr)
             raise typer.Exit(130) from None
-    console.print(f"model written to {model_dir}")
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        console.print(f"model written to {model_dir}")

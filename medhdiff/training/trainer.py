@@ -244,6 +244,22 @@ class StageTrainer:
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
         self._stop_signal = signum
 
+    def _should_stop(self) -> tuple[int, bool]:
+        """(signal number or 0, time limit reached), agreed on by all ranks.
+
+        Under DDP every rank must leave the loop after the same step: a rank
+        that stopped alone (its deadline check came later, e.g. after rank 0's
+        validation, or only it got the signal) would leave the others blocked
+        in the next step's gradient all-reduce.
+        """
+        signum = int(self._stop_signal or 0)
+        out_of_time = self.deadline is not None and time.time() >= self.deadline
+        if self.world > 1 and dist.is_initialized():
+            flags = torch.tensor([signum, int(out_of_time)], dtype=torch.int64, device=self.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            signum, out_of_time = int(flags[0]), bool(flags[1])
+        return signum, out_of_time
+
     def train(self) -> int:
         """Run until the stage's step budget (or ``max_steps``) is reached; returns the final step."""
         cfg = self.cfg.optim
@@ -286,9 +302,10 @@ class StageTrainer:
                     self._log({"step": self.step, "val_loss": val})
                     if self.progress:
                         self.progress({"stage": self.stage, "step": self.step, "val_loss": val, "target": target})
-                if self._stop_signal is not None:
-                    raise TrainingInterrupted(self._stop_signal)
-                if self.deadline is not None and time.time() >= self.deadline:
+                signum, out_of_time = self._should_stop()
+                if signum:
+                    raise TrainingInterrupted(signum)
+                if out_of_time:
                     log.info("%s stage: time limit reached at step %d", self.stage, self.step)
                     break
         except (KeyboardInterrupt, TrainingInterrupted):
