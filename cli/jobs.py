@@ -153,14 +153,14 @@ def reconstruct(
 
 @handle_errors
 def detect(
-    inputs: list[Path] = typer.Argument(..., help="Scans: files, folders, or both."),
+    inputs: list[Path] | None = typer.Argument(None, help="Scans: files, folders, or both."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Mask file (one input) or folder for all outputs."),
     map_out: Path | None = typer.Option(None, "--map", help="Anomaly map file or folder (default: next to the mask)."),
     report: Path | None = typer.Option(None, "--report", help="JSON report file or folder (default: next to the mask)."),
     png: Path | None = typer.Option(None, "--png", help="PNG overlay file or folder (three slices through the largest finding)."),
     weights: Path | None = WEIGHTS,
     threshold: str = typer.Option("auto", "--threshold", help="auto (calibrated on healthy scans) or a score value."),
-    ensemble: int = typer.Option(3, "--ensemble", help="Reconstructions per scan (more = smoother, slower)."),
+    ensemble: int | None = typer.Option(None, "--ensemble", help="Reconstructions per scan (default: the model's calibrated setting)."),
     steps: int | None = typer.Option(None, "--steps", help="Sampling steps per reconstruction (default: the model's)."),
     min_volume: float | None = typer.Option(None, "--min-volume", help="Drop findings smaller than this (mL)."),
     polarity: str = typer.Option("auto", "--polarity", help="auto, bright, dark or both."),
@@ -173,12 +173,26 @@ def detect(
     overwrite: bool = OVERWRITE,
     shard: str | None = SHARD,
     max_memory: float | None = MAX_MEM,
+    t1: Path | None = typer.Option(None, "--t1", help="One subject's T1 (with --t2/--flair: scored together)."),
+    t2: Path | None = typer.Option(None, "--t2", help="One subject's T2 (co-registered with the others)."),
+    flair: Path | None = typer.Option(None, "--flair", help="One subject's FLAIR (co-registered with the others)."),
 ) -> None:
-    """Anomaly (e.g. tumour) detection: a score map, a mask and a JSON report per scan."""
+    """Anomaly (e.g. tumour) detection: a score map, a mask and a JSON report per scan.
+
+    With --t1/--t2/--flair, one subject's co-registered scans are scored together: each contrast's
+    map is divided by its calibrated threshold and the maps are combined by their maximum.
+    """
+    multi = {name: path for name, path in (("t1", t1), ("t2", t2), ("flair", flair)) if path is not None}
+    if multi and inputs:
+        raise InputError("give either INPUT files or --t1/--t2/--flair for one subject, not both")
+    if not multi and not inputs:
+        raise InputError("no input: give scans, or --t1/--t2/--flair for one subject")
     predictor = _predictor(weights, device, batch_size, threads)
-    if ensemble < 1:
+    if ensemble is not None and ensemble < 1:
         raise InputError("--ensemble must be >= 1")
     mask_vol = _load_mask(mask, max_memory)
+    if multi:
+        inputs = [next(iter(multi.values()))]
     n = len(inputs) if len(inputs) > 1 or not inputs[0].is_dir() else 2
 
     def process(case: Path, bar: Progress) -> CaseOutcome:
@@ -189,10 +203,16 @@ def detect(
         if png is not None:
             paths["png"] = resolve_output(case, png, "overlay", ".png", n, folder)
         check_outputs(paths, case, overwrite)
-        vol = load_volume(case, max_memory_gb=max_memory)
         predictor.set_progress(sampler_progress(bar))
-        res = predictor.detect(vol, threshold=threshold, ensemble=ensemble, steps=steps, mask=mask_vol,
-                               contrast=contrast, polarity=polarity, min_volume_ml=min_volume, seed=seed)
+        if multi:
+            vols = {name: load_volume(p, max_memory_gb=max_memory) for name, p in multi.items()}
+            vol = next(iter(vols.values()))
+            res = predictor.detect_multi(vols, threshold=threshold, ensemble=ensemble, steps=steps, mask=mask_vol,
+                                         min_volume_ml=min_volume, seed=seed)
+        else:
+            vol = load_volume(case, max_memory_gb=max_memory)
+            res = predictor.detect(vol, threshold=threshold, ensemble=ensemble, steps=steps, mask=mask_vol,
+                                   contrast=contrast, polarity=polarity, min_volume_ml=min_volume, seed=seed)
         save_volume(res.mask, paths["mask"], vol, kind="mask", overwrite=overwrite)
         save_volume(res.score_map, paths["map"], vol, kind="image", overwrite=overwrite)
         with atomic_path(paths["report"]) as tmp:

@@ -251,16 +251,12 @@ class Predictor:
         score = np.where(inner, score, 0.0).astype(np.float32)
         return score, np.mean(np.stack(recs), axis=0).astype(np.float32)
 
-    def detect(self, volume: Volume, *, threshold: float | str = "auto", ensemble: int = 3,
-               strengths: tuple[float, ...] | None = None, steps: int | None = None,
-               mask: Volume | np.ndarray | None = None, contrast: str | None = None,
-               polarity: str = "auto", min_volume_ml: float | None = None, seed: int = 0) -> DetectResult:
-        """Anomaly map, thresholded mask and a report of connected components."""
-        start = time.time()
+    def _score(self, volume: Volume, *, threshold, ensemble, strengths, steps, mask, contrast, polarity, seed):
+        """Score map on the input grid, reconstruction, and the threshold that applies to it."""
         cal = dict(self.bundle.meta.get("calibration", {}))
         strengths = tuple(strengths or cal.get("strengths", (0.3, 0.4, 0.5)))
-        steps = int(steps or cal.get("steps", 4))
-        min_volume_ml = float(min_volume_ml if min_volume_ml is not None else cal.get("min_volume_ml", 0.2))
+        ensemble = int(ensemble or cal.get("ensemble", 2))
+        steps = int(steps or cal.get("steps", 2))
         prep = self.prepare(volume, mask)
         label = self.class_label(contrast, str(volume.path or ""))
         name = self.cfg.contrasts[label] if label is not None else (contrast or guess_contrast(str(volume.path or "")))
@@ -288,19 +284,25 @@ class Predictor:
                 thr, thr_source = float(threshold), "user"
             except (TypeError, ValueError):
                 raise InputError(f"--threshold must be auto or a number, got {threshold!r}") from None
-        binary = score_map > thr
-        labels, n = ndimage.label(binary)
-        voxel_ml = volume.voxel_volume_ml
+        settings = {"contrast": name, "polarity": polarity, "threshold": float(thr), "threshold_source": thr_source,
+                    "ensemble": ensemble, "strengths": list(strengths), "steps": steps}
+        return score_map.astype(np.float32), reconstruction, settings
+
+    @staticmethod
+    def _components(score_map: np.ndarray, thr: float, volume: Volume, min_volume_ml: float):
+        """Connected components above ``thr`` of at least ``min_volume_ml``, largest first."""
+        labels, n = ndimage.label(score_map > thr)
+        keep = np.zeros(score_map.shape, dtype=bool)
         components = []
-        keep = np.zeros(binary.shape, dtype=bool)
         if n:
             idx = np.arange(1, n + 1)
-            sizes = ndimage.sum_labels(np.ones_like(score_map), labels, idx)
+            ones = np.ones_like(score_map)
+            sizes = ndimage.sum_labels(ones, labels, idx)
             maxs = ndimage.maximum(score_map, labels, idx)
             means = ndimage.mean(score_map, labels, idx)
-            centres = ndimage.center_of_mass(np.ones_like(score_map), labels, idx)
+            centres = ndimage.center_of_mass(ones, labels, idx)
             for i, size, mx, mean, c in zip(idx, sizes, maxs, means, centres):
-                ml = float(size) * voxel_ml
+                ml = float(size) * volume.voxel_volume_ml
                 if ml < min_volume_ml:
                     continue
                 keep |= labels == i
@@ -311,22 +313,80 @@ class Predictor:
         components.sort(key=lambda c: -c["volume_ml"])
         for k, c in enumerate(components, start=1):
             c["id"] = k
+        return keep, components
+
+    def _min_volume(self, min_volume_ml: float | None) -> float:
+        cal = dict(self.bundle.meta.get("calibration", {}))
+        return float(min_volume_ml if min_volume_ml is not None else cal.get("min_volume_ml", 0.2))
+
+    def _report(self, volume: Volume, settings: dict, components: list, min_volume_ml: float, start: float) -> dict:
         report = {
             "input": str(volume.path) if volume.path else None,
-            "contrast": name,
-            "polarity": polarity,
-            "threshold": float(thr),
-            "threshold_source": thr_source,
+            **{k: settings[k] for k in ("contrast", "polarity", "threshold", "threshold_source")},
             "min_component_ml": min_volume_ml,
             "total_lesion_ml": round(float(sum(c["volume_ml"] for c in components)), 3),
             "n_components": len(components),
             "components": components,
-            "ensemble": ensemble,
-            "strengths": list(strengths),
-            "steps": steps,
+            **{k: settings[k] for k in ("ensemble", "strengths", "steps")},
             "model_sha256": self.sha256,
         }
-        seconds = time.time() - start
-        report["seconds"] = round(seconds, 2)
-        return DetectResult(score_map=score_map.astype(np.float32), mask=keep.astype(np.uint8), report=report,
-                            reconstruction=reconstruction, seconds=seconds)
+        report["seconds"] = round(time.time() - start, 2)
+        return report
+
+    def detect(self, volume: Volume, *, threshold: float | str = "auto", ensemble: int | None = None,
+               strengths: tuple[float, ...] | None = None, steps: int | None = None,
+               mask: Volume | np.ndarray | None = None, contrast: str | None = None,
+               polarity: str = "auto", min_volume_ml: float | None = None, seed: int = 0) -> DetectResult:
+        """Anomaly map, thresholded mask and a report of connected components."""
+        start = time.time()
+        min_ml = self._min_volume(min_volume_ml)
+        score_map, reconstruction, settings = self._score(
+            volume, threshold=threshold, ensemble=ensemble, strengths=strengths, steps=steps, mask=mask,
+            contrast=contrast, polarity=polarity, seed=seed)
+        keep, components = self._components(score_map, settings["threshold"], volume, min_ml)
+        report = self._report(volume, settings, components, min_ml, start)
+        return DetectResult(score_map=score_map, mask=keep.astype(np.uint8), report=report,
+                            reconstruction=reconstruction, seconds=time.time() - start)
+
+    def detect_multi(self, volumes: dict[str, Volume], *, threshold: float | str = "auto",
+                     ensemble: int | None = None, steps: int | None = None,
+                     mask: Volume | np.ndarray | None = None, min_volume_ml: float | None = None,
+                     seed: int = 0) -> DetectResult:
+        """One subject's co-registered scans of several contrasts (e.g. T2 and FLAIR) together.
+
+        Each contrast is scored on its own, divided by its own threshold, and
+        the maps are combined by their voxel-wise maximum; the combined map is
+        thresholded at 1 (``--threshold`` then scales that level).
+        """
+        start = time.time()
+        if len(volumes) < 1:
+            raise InputError("no scans given")
+        items = list(volumes.items())
+        ref_name, ref = items[0]
+        for name, vol in items[1:]:
+            if vol.shape != ref.shape or not np.allclose(vol.affine, ref.affine, atol=1e-3):
+                raise InputError(f"the {name} and {ref_name} scans are not on the same grid; "
+                                 "co-register them first")
+        level = 1.0
+        if threshold != "auto":
+            try:
+                level = float(threshold)
+            except (TypeError, ValueError):
+                raise InputError(f"--threshold must be auto or a number, got {threshold!r}") from None
+        combined, per = None, {}
+        for name, vol in items:
+            score_map, _, settings = self._score(vol, threshold="auto", ensemble=ensemble, strengths=None,
+                                                 steps=steps, mask=mask, contrast=name, polarity="auto", seed=seed)
+            norm = score_map / max(settings["threshold"], 1e-12)
+            combined = norm if combined is None else np.maximum(combined, norm)
+            per[name] = {k: settings[k] for k in ("threshold", "threshold_source", "polarity")}
+        min_ml = self._min_volume(min_volume_ml)
+        keep, components = self._components(combined, level, ref, min_ml)
+        settings = {"contrast": "+".join(volumes), "polarity": "per contrast", "threshold": level,
+                    "threshold_source": "each contrast's map divided by its calibrated threshold",
+                    "ensemble": ensemble, "strengths": None, "steps": steps}
+        report = self._report(ref, settings, components, min_ml, start)
+        report["inputs"] = {name: str(v.path) if v.path else None for name, v in items}
+        report["per_contrast"] = per
+        return DetectResult(score_map=combined.astype(np.float32), mask=keep.astype(np.uint8), report=report,
+                            reconstruction=None, seconds=time.time() - start)
