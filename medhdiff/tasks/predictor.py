@@ -132,8 +132,13 @@ class Predictor:
             raise InputError("--steps must be >= 1")
         prep = self.prepare(volume, mask)
         scale = prep.record.norm.scale
+        brain = self.preprocessor.inverse(prep.mask.astype(np.float32), prep.record, kind="mask").astype(bool)
+        data = np.nan_to_num(volume.data.astype(np.float32))
         if sigma == "auto":
-            sigma_norm, method = estimate_sigma(prep.image, prep.mask)
+            # Estimated on the scan's own grid: resampling (e.g. 2 mm -> 1 mm) smooths white noise and
+            # would hide it from the finest wavelet band. The normalisation scale is the same in both spaces.
+            sigma_raw, method = estimate_sigma(data, brain)
+            sigma_norm = sigma_raw / scale
         else:
             try:
                 sigma_norm, method = float(sigma) / scale, "given"
@@ -155,8 +160,6 @@ class Predictor:
             if rician and sigma_norm > 0:
                 out = np.where(prep.mask, rician_bias_correct(out, sigma_norm), out)
         image = self.preprocessor.inverse(out, prep.record, kind="image")
-        brain = self.preprocessor.inverse(prep.mask.astype(np.float32), prep.record, kind="mask").astype(bool)
-        data = np.nan_to_num(volume.data.astype(np.float32))
         # outside the processed brain the input is returned unchanged
         image = np.where(brain, image, data).astype(np.float32)
         return DenoiseResult(image=image, residual=(data - image).astype(np.float32), sigma=float(sigma_norm * scale),
