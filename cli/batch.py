@@ -22,8 +22,12 @@ from medhdiff.tasks.record import run_record, write_run_record
 from medhdiff_cli.common import err_console, state
 
 
-class Terminated(MedhdiffError):
-    """SIGTERM arrived; outputs are written atomically so nothing partial remains."""
+class Terminated(BaseException):
+    """SIGTERM arrived; outputs are written atomically so nothing partial remains.
+
+    A BaseException, so that no ``except Exception`` on the way (readers, per-case
+    handlers) can turn it into an ordinary failed case.
+    """
 
     exit_code = 143
 
@@ -113,7 +117,9 @@ def run_cases(command: str, inputs: list[Path], shard: str | None, args: dict[st
             bar.advance(overall)
     folder = record_dir(outcomes)
     if folder is not None and folder.is_dir():
-        write_run_record(folder, run_record(command, args, model_sha256, [
+        # one record per shard, so that shards writing to one folder keep each other's provenance
+        name = "medhdiff_run.json" if not shard else f"medhdiff_run_shard{shard.replace('/', 'of')}.json"
+        write_run_record(folder, name, run_record(command, args, model_sha256, [
             {"input": str(o.case), "status": o.status, "error": o.error, "outputs": o.outputs, **o.numbers}
             for o in outcomes], started))
     failed = [o for o in outcomes if o.status != "ok"]
@@ -123,9 +129,16 @@ def run_cases(command: str, inputs: list[Path], shard: str | None, args: dict[st
         raise typer.Exit(1 if any(o.numbers.get("exit_code") == 1 for o in failed) else 2)
 
 
-def check_outputs(paths: dict[str, Path], case: Path, overwrite: bool) -> None:
-    for p in paths.values():
-        check_output_path(p, overwrite=overwrite, inputs=(case,))
+def check_outputs(paths: dict[str, Path], inputs: Path | tuple[Path, ...], overwrite: bool) -> None:
+    """Validate every output path of a case before any work; two outputs may not share a path."""
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    seen: dict[Path, str] = {}
+    for key, p in paths.items():
+        resolved = Path(p).resolve()
+        if resolved in seen:
+            raise InputError(f"the {key} and {seen[resolved]} outputs would both be written to {p}")
+        seen[resolved] = key
+        check_output_path(p, overwrite=overwrite, inputs=inputs)
 
 
 def sampler_progress(bar: Progress) -> Callable[[str, int, int], None]:

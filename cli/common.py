@@ -65,6 +65,11 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             raise typer.Exit(130) from None
+        except BaseException as exc:  # SIGTERM turned into an exception by the batch runner
+            if getattr(exc, "exit_code", None) == 143:
+                print(f"error: {exc}", file=sys.stderr)
+                raise typer.Exit(143) from None
+            raise
         except MemoryError:
             if state.debug:
                 traceback.print_exc()

@@ -11,7 +11,7 @@ from rich.progress import Progress
 
 from medhdiff.device import set_threads
 from medhdiff.errors import InputError
-from medhdiff.io import atomic_path, load_volume, save_volume
+from medhdiff.io import atomic_path, full_suffix, load_volume, save_volume, stem
 from medhdiff_cli.batch import CaseOutcome, check_outputs, resolve_output, run_cases, sampler_progress
 from medhdiff_cli.common import handle_errors
 
@@ -76,11 +76,13 @@ def denoise(
 
     def process(case: Path, bar: Progress) -> CaseOutcome:
         paths = {"denoised": resolve_output(case, out, "denoised", ".nii.gz", n, None)}
-        folder = paths["denoised"].parent
+        folder, ext = paths["denoised"].parent, full_suffix(paths["denoised"])
+        # <input stem>_residual next to the output; an explicit output file name lends its stem instead
+        base = stem(case) if paths["denoised"].name == f"{stem(case)}_denoised{ext}" else stem(paths["denoised"])
         if residual:
-            paths["residual"] = folder / paths["denoised"].name.replace("_denoised", "_residual")
+            paths["residual"] = folder / f"{base}_residual{ext}"
         if png:
-            paths["png"] = folder / paths["denoised"].name.replace(".nii.gz", ".png").replace(".nii", ".png")
+            paths["png"] = folder / f"{stem(paths['denoised'])}.png"
         check_outputs(paths, case, overwrite)
         vol = load_volume(case, max_memory_gb=max_memory)
         predictor.set_progress(sampler_progress(bar))
@@ -202,7 +204,8 @@ def detect(
         paths["report"] = resolve_output(case, report, "report", ".json", n, folder)
         if png is not None:
             paths["png"] = resolve_output(case, png, "overlay", ".png", n, folder)
-        check_outputs(paths, case, overwrite)
+        protected = tuple(multi.values()) if multi else (case,)
+        check_outputs(paths, protected, overwrite)
         predictor.set_progress(sampler_progress(bar))
         if multi:
             vols = {name: load_volume(p, max_memory_gb=max_memory) for name, p in multi.items()}
@@ -213,8 +216,8 @@ def detect(
             vol = load_volume(case, max_memory_gb=max_memory)
             res = predictor.detect(vol, threshold=threshold, ensemble=ensemble, steps=steps, mask=mask_vol,
                                    contrast=contrast, polarity=polarity, min_volume_ml=min_volume, seed=seed)
-        save_volume(res.mask, paths["mask"], vol, kind="mask", overwrite=overwrite)
-        save_volume(res.score_map, paths["map"], vol, kind="image", overwrite=overwrite)
+        save_volume(res.mask, paths["mask"], vol, kind="mask", overwrite=overwrite, inputs=protected)
+        save_volume(res.score_map, paths["map"], vol, kind="image", overwrite=overwrite, inputs=protected)
         with atomic_path(paths["report"]) as tmp:
             tmp.write_text(json.dumps(res.report, indent=2))
         if "png" in paths:

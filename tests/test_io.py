@@ -187,3 +187,18 @@ def test_expand_inputs_and_output_naming(tmp_path):
     assert select_shard(cases, "1/2") == cases[1::2]
     with pytest.raises(InputError):
         select_shard(cases, "2/2")
+
+
+def test_outputs_get_ordinary_permissions_and_detached_headers_are_refused(tmp_path):
+    import os
+    import stat
+
+    vol = load_volume(write_nifti(tmp_path / "in.nii.gz", smooth_brain(), make_affine()))
+    out = save_volume(vol.data, tmp_path / "out.nii.gz", reference=vol)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    for ext in (".mhd", ".nhdr"):
+        with pytest.raises(UnsupportedFormatError, match="one file"):
+            save_volume(vol.data, tmp_path / f"out{ext}", reference=vol)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nii.gz", "out.nii.gz"]

@@ -145,7 +145,7 @@ def test_shards_cover_every_case_exactly_once(model_dir, tmp_path):
         res = invoke("denoise", src, "-o", out, "-w", model_dir, "--device", "cpu", "--shard", f"{i}/2")
         assert res.exit_code == 0, res.output
         written = sorted(p.name.replace("_denoised.nii.gz", "") for p in out.glob("*_denoised.nii.gz"))
-        record = json.loads((out / "medhdiff_run.json").read_text())
+        record = json.loads((out / f"medhdiff_run_shard{i}of2.json").read_text())
         assert sorted(Path(c["input"]).name.replace(".nii.gz", "") for c in record["cases"]) == written
         assert record["arguments"]["weights"] == str(model_dir)
         done.append(written)

@@ -385,3 +385,22 @@ def test_resume_continues_the_schedule_exactly(resumed_run, full_run):
     # (the weights may differ: data streams are reseeded from the step on resume, by design)
     doc = json.loads((resumed_run / "model" / "model.json").read_text())
     assert doc["training"]["steps"] == {"global": 4, "local": 4}
+
+
+def test_checkpoint_save_recovers_when_only_the_old_copy_survived(tmp_path):
+    """A save killed between its two renames leaves only ``.checkpoint.old``; the next save must keep it
+    until the new checkpoint is in place."""
+    import torch
+
+    from medhdiff.training.checkpoint import find_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    ema = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    folder = tmp_path / "checkpoint"
+    save_checkpoint(folder, model=model, ema=ema, optimizer=opt, state={"step": 1})
+    folder.rename(tmp_path / ".checkpoint.old")  # the state a kill between the renames leaves
+    assert find_checkpoint(folder) == tmp_path / ".checkpoint.old"
+    save_checkpoint(folder, model=model, ema=ema, optimizer=opt, state={"step": 2})
+    found = find_checkpoint(folder)
+    assert found == folder and json.loads((found / "state.json").read_text())["step"] == 2

@@ -126,7 +126,7 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu", verify: bo
         doc = json.loads(doc_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read {doc_path}: {exc}") from None
-    if doc.get("format") != FORMAT:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise InputError(f"{doc_path} is not a medhdiff model description")
     if verify:
         actual = sha256_of(weights)

@@ -284,6 +284,9 @@ def save_volume(data_or_volume: np.ndarray | Volume, path: str | os.PathLike, re
     if data.shape != reference.shape:
         raise ValueError(f"array shape {data.shape} does not match the reference grid {reference.shape}")
     out_fmt = format_of(path) if not Path(path).is_dir() else "dicom"
+    if full_suffix(path) in (".mhd", ".nhdr"):
+        raise UnsupportedFormatError(f"cannot write {path}: detached-header formats split into two files; "
+                                     "use .mha or .nrrd (one file each)")
     if out_fmt == "dicom":
         raise UnsupportedFormatError(f"cannot write {path}: choose a .nii.gz, .nii, .nrrd or .mha file name")
     refs = tuple(inputs) + ((reference.path,) if reference.path is not None else ())

@@ -34,8 +34,9 @@ def run_record(command: str, args: dict[str, Any], model_sha256: str | None, cas
     }
 
 
-def write_run_record(folder: str | Path, record: dict[str, Any]) -> Path:
-    path = Path(folder) / "medhdiff_run.json"
+def write_run_record(folder: str | Path, name: str, record: dict[str, Any]) -> Path:
+    """Write ``folder/name`` (``medhdiff_run.json``, or one file per shard) atomically."""
+    path = Path(folder) / name
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(record, indent=2, default=str))
     return path

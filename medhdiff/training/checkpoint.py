@@ -95,7 +95,10 @@ def save_checkpoint(folder: str | Path, *, model: torch.nn.Module, ema: torch.nn
             os.fsync(fh.fileno())
         old = folder.with_name(f".{folder.name}.old")
         if old.exists():
-            shutil.rmtree(old)
+            if folder.exists():
+                shutil.rmtree(old)
+            else:  # an earlier save died between its two renames: .old is the only complete copy
+                os.replace(old, folder)
         if folder.exists():
             os.replace(folder, old)
         os.replace(tmp, folder)

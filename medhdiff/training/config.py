@@ -120,8 +120,8 @@ class TrainConfig:
         _check(cls, d, where)
         try:
             model = ModelConfig.from_dict(d.get("model", {}))
-            pre = PreprocessConfig.from_dict(d.get("preprocess", {}))
-        except ValueError as exc:
+            pre = PreprocessConfig.from_dict(d.get("preprocess", {}) or {})
+        except (TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"{where}: {exc}") from None
         _check(DataConfig, d.get("data", {}), f"{where}: data")
         _check(OptimConfig, d.get("optim", {}), f"{where}: optim")
@@ -145,7 +145,9 @@ def load_config(path: str | Path) -> TrainConfig:
     if not p.is_file():
         raise InputError(f"no such config file: {p}")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise InputError(f"{p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{p}: expected a mapping of sections (model, preprocess, data, optim)")
     return TrainConfig.from_dict(raw, where=str(p))
