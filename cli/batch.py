@@ -19,7 +19,7 @@ from medhdiff.io import expand_inputs, full_suffix, select_shard, stem
 from medhdiff.io.atomic import check_output_path
 from medhdiff.io.readers import IMAGE_SUFFIXES
 from medhdiff.tasks.record import run_record, write_run_record
-from medhdiff_cli.common import err_console, state
+from medhdiff_cli.common import err_console, runtime_message, state
 
 
 class Terminated(BaseException):
@@ -107,10 +107,7 @@ def run_cases(command: str, inputs: list[Path], shard: str | None, args: dict[st
                     import traceback
 
                     traceback.print_exc()
-                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                if "out of memory" in msg.lower():
-                    msg += " (lower --batch-size, or use --device cpu)"
-                outcome = CaseOutcome(case, status="failed", error=f"{type(exc).__name__}: {msg}")
+                outcome = CaseOutcome(case, status="failed", error=runtime_message(exc))
                 outcome.numbers["exit_code"] = 1
                 print(f"error: {case}: {outcome.error}", file=sys.stderr)
             outcomes.append(outcome)

@@ -43,6 +43,15 @@ def setup_logging(debug: bool = False) -> None:
     log.propagate = False
 
 
+def runtime_message(exc: BaseException) -> str:
+    """One line for an unexpected error, with what to change when memory ran out."""
+    text = str(exc).strip()
+    msg = text.splitlines()[0] if text else type(exc).__name__
+    if "out of memory" in msg.lower():
+        msg += " (lower --batch-size, or use --device cpu)"
+    return f"{type(exc).__name__}: {msg}"
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print one ``error:`` line on stderr and exit."""
     print(f"error: {message}", file=sys.stderr)
@@ -77,9 +86,6 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:  # noqa: BLE001 - last line of defence for the user
             if state.debug:
                 traceback.print_exc()
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if "out of memory" in msg.lower():
-                fail(f"{msg}; lower --batch-size or use --device cpu", 1)
-            fail(f"{type(exc).__name__}: {msg} (run with --debug for the traceback)", 1)
+            fail(f"{runtime_message(exc)} (run with --debug for the traceback)", 1)
 
     return wrapper

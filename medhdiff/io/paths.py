@@ -58,6 +58,23 @@ def output_path(case: str | os.PathLike, suffix: str, out_dir: str | os.PathLike
     return folder / f"{stem(case)}_{suffix}{ext}"
 
 
+#: File-name fragments that name a contrast (BraTS, BIDS and common scanner exports); FLAIR first,
+#: since names like "t2f" contain "t2".
+CONTRAST_KEYS = (("flair", ("flair", "_fla", "fla.", "t2f")), ("t2", ("t2",)), ("t1", ("t1",)))
+
+
+def guess_contrast(name: str | os.PathLike, known: tuple[str, ...] | None = None) -> str | None:
+    """The contrast a file name suggests (``flair``, ``t2`` or ``t1``), or ``None``.
+
+    With ``known``, only those contrasts are returned.
+    """
+    low = Path(name).name.lower()
+    for contrast, keys in CONTRAST_KEYS:
+        if (known is None or contrast in known) and any(k in low for k in keys):
+            return contrast
+    return None
+
+
 def select_shard(cases: list[Path], shard: str | None) -> list[Path]:
     """Keep every n-th case for ``shard`` = ``"i/n"`` (0-based i), so n jobs split a cohort."""
     if not shard:

@@ -24,6 +24,7 @@ from medhdiff.diffusion.bundle import ModelBundle, load_bundle
 from medhdiff.diffusion.sampler import HierarchicalSampler
 from medhdiff.diffusion.schedule import NoiseSchedule
 from medhdiff.errors import InputError
+from medhdiff.io.paths import guess_contrast
 from medhdiff.io.volume import Volume
 from medhdiff.preprocess import PreprocessConfig, Preprocessed, Preprocessor
 from medhdiff.tasks.noise import estimate_sigma, rician_bias_correct
@@ -45,14 +46,6 @@ def default_weights() -> Path | None:
         return None
     path = Path(str(folder))
     return path if (path / "model.safetensors").is_file() else None
-
-
-def guess_contrast(name: str) -> str | None:
-    low = Path(name).name.lower()
-    for contrast, keys in (("flair", ("flair", "_fla", "t2f", "fla.")), ("t2", ("t2",)), ("t1", ("t1",))):
-        if any(k in low for k in keys):
-            return contrast
-    return None
 
 
 class Predictor:

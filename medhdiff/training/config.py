@@ -16,18 +16,17 @@ from typing import Any, Mapping
 
 import yaml
 
-from medhdiff.diffusion.config import ModelConfig
+from medhdiff.diffusion.config import ModelConfig, _check_keys
 from medhdiff.errors import InputError
 from medhdiff.preprocess import PreprocessConfig
 
 
 def _check(cls: type, data: Mapping[str, Any], where: str) -> None:
-    if not isinstance(data, Mapping):
-        raise InputError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise InputError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+    """Unknown keys (or a non-mapping section) as an input error that names them."""
+    try:
+        _check_keys(cls, data)
+    except ValueError as exc:
+        raise InputError(f"{where}: {exc}") from None
 
 
 @dataclass

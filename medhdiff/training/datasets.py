@@ -29,7 +29,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from medhdiff.diffusion.networks import patch_coordinates
 from medhdiff.diffusion.sampler import downsample, upsample
 from medhdiff.errors import InputError
-from medhdiff.io import Volume, load_volume
+from medhdiff.io import Volume, guess_contrast, load_volume
 from medhdiff.io.atomic import stem
 from medhdiff.io.paths import is_image_file
 from medhdiff.preprocess import Preprocessor
@@ -103,15 +103,6 @@ class SyntheticSource:
         return RawVolume(res.image, res.affine, res.brain_mask.astype(bool), None, contrast, f"{name}-{contrast}")
 
 
-def _contrast_from_name(name: str, contrasts: tuple[str, ...]) -> str | None:
-    low = name.lower()
-    aliases = {"flair": ("flair", "fla", "t2f"), "t2": ("t2w", "t2"), "t1": ("t1n", "t1w", "t1")}
-    for c in ("flair", "t2", "t1"):
-        if c in contrasts and any(a in low for a in aliases[c]):
-            return c
-    return None
-
-
 class FolderSource:
     """Real volumes from a folder; ``<stem>_mask.nii.gz`` beside a volume marks lesions."""
 
@@ -123,7 +114,7 @@ class FolderSource:
         files = sorted(p for p in root.rglob("*") if is_image_file(p) and not stem(p).endswith(("_mask", "_brainmask")))
         self.items = []
         for f in files:
-            contrast = _contrast_from_name(stem(f), cfg.data.contrasts) or cfg.data.contrasts[0]
+            contrast = guess_contrast(f, cfg.data.contrasts) or cfg.data.contrasts[0]
             mask = f.with_name(f"{stem(f)}_mask.nii.gz")
             self.items.append((f, mask if mask.exists() else None, contrast))
         if not self.items:
@@ -193,18 +184,9 @@ def augment_condition(coarse: torch.Tensor, rng: np.random.Generator, noise: flo
     out = coarse
     sigma = float(rng.uniform(0.0, blur)) if blur > 0 else 0.0
     if sigma > 0.1:
-        radius = max(1, int(math.ceil(2.5 * sigma)))
-        k = torch.arange(-radius, radius + 1, dtype=torch.float32)
-        k = torch.exp(-0.5 * (k / sigma) ** 2)
-        k = k / k.sum()
-        x = out[None]
-        for axis in range(3):
-            shape = [1, 1, 1, 1, 1]
-            shape[2 + axis] = k.numel()
-            pad = [0, 0, 0, 0, 0, 0]
-            pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
-            x = F.conv3d(F.pad(x, pad, mode="replicate"), k.view(shape))
-        out = x[0]
+        from monai.networks.layers import GaussianFilter
+
+        out = GaussianFilter(3, sigma)(out[None])[0]
     level = float(rng.uniform(0.0, noise)) if noise > 0 else 0.0
     if level > 0:
         g = torch.Generator().manual_seed(int(rng.integers(2**31 - 1)))
