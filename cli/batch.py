@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,29 +17,8 @@ from medhdiff.io import expand_inputs, full_suffix, select_shard, stem
 from medhdiff.io.atomic import check_output_path
 from medhdiff.io.readers import IMAGE_SUFFIXES
 from medhdiff.tasks.record import run_record, write_run_record
-from medhdiff_cli.common import err_console, runtime_message, state
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived; outputs are written atomically so nothing partial remains.
-
-    A BaseException, so that no ``except Exception`` on the way (readers, per-case
-    handlers) can turn it into an ordinary failed case.
-    """
-
-    exit_code = 143
-
-
-@contextmanager
-def sigterm_as_exception() -> Iterator[None]:
-    def handler(signum, frame):  # noqa: ARG001
-        raise Terminated("terminated by SIGTERM; no partial output was left")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+from medhdiff_cli.common import err_console, one_line, runtime_message, state
+from medhdiff_cli.signals import Terminated, sigterm_as_exception
 
 
 def looks_like_file(p: Path) -> bool:
@@ -90,19 +67,26 @@ def run_cases(command: str, inputs: list[Path], shard: str | None, args: dict[st
     with sigterm_as_exception(), progress_bar() as bar:
         overall = bar.add_task(command, total=len(cases))
         for case in cases:
+            _new_outputs.clear()
             try:
                 outcome = process(case, bar)
             except KeyboardInterrupt:
+                _discard_new_outputs()
                 print("error: interrupted; no partial output was left", file=sys.stderr)
                 raise typer.Exit(130) from None
             except Terminated as exc:
+                _discard_new_outputs()
                 print(f"error: {exc}", file=sys.stderr)
                 raise typer.Exit(143) from None
             except MedhdiffError as exc:
-                outcome = CaseOutcome(case, status="failed", error=str(exc))
+                _discard_new_outputs()
+                message = one_line(exc)
+                outcome = CaseOutcome(case, status="failed", error=message)
                 outcome.numbers["exit_code"] = exc.exit_code if exc.exit_code in (1, 2) else 1
-                print(f"error: {case}: {exc}", file=sys.stderr)
+                # most messages name the file already
+                print(f"error: {message if str(case) in message else f'{case}: {message}'}", file=sys.stderr)
             except Exception as exc:  # noqa: BLE001 - one bad case must not stop the cohort
+                _discard_new_outputs()
                 if state.debug:
                     import traceback
 
@@ -121,9 +105,21 @@ def run_cases(command: str, inputs: list[Path], shard: str | None, args: dict[st
             for o in outcomes], started))
     failed = [o for o in outcomes if o.status != "ok"]
     if failed:
-        print(f"error: {len(failed)} of {len(outcomes)} case(s) failed", file=sys.stderr)
+        if len(outcomes) > 1:  # one case: its own error line says it all
+            print(f"error: {len(failed)} of {len(outcomes)} case(s) failed", file=sys.stderr)
         # 2 when every failure was bad input, 1 when anything failed at run time
         raise typer.Exit(1 if any(o.numbers.get("exit_code") == 1 for o in failed) else 2)
+
+
+#: Outputs of the case in progress that did not exist before it: a case that fails or is interrupted
+#: removes them, so that it leaves all of its outputs or none (and a rerun is not refused for them).
+_new_outputs: list[Path] = []
+
+
+def _discard_new_outputs() -> None:
+    for p in _new_outputs:
+        p.unlink(missing_ok=True)
+    _new_outputs.clear()
 
 
 def check_outputs(paths: dict[str, Path], inputs: Path | tuple[Path, ...], overwrite: bool) -> None:
@@ -136,6 +132,7 @@ def check_outputs(paths: dict[str, Path], inputs: Path | tuple[Path, ...], overw
             raise InputError(f"the {key} and {seen[resolved]} outputs would both be written to {p}")
         seen[resolved] = key
         check_output_path(p, overwrite=overwrite, inputs=inputs)
+    _new_outputs.extend(Path(p) for p in paths.values() if not Path(p).exists())
 
 
 def sampler_progress(bar: Progress) -> Callable[[str, int, int], None]:

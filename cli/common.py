@@ -6,6 +6,7 @@ import functools
 import logging
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -26,35 +27,65 @@ state = State()
 
 
 class _StderrHandler(logging.Handler):
+    """``info:`` / ``warning:`` / ``error:`` lines on stderr, one line per record.
+
+    ``label`` fixes the level word and ``prefix`` starts the message (for other
+    libraries' loggers, whose messages are advice, never the command's error).
+    """
+
+    def __init__(self, label: str | None = None, prefix: str = ""):
+        super().__init__()
+        self.label, self.prefix = label, prefix
+
     def emit(self, record: logging.LogRecord) -> None:
         level = "warning" if record.levelno >= logging.WARNING else "info"
         if record.levelno >= logging.ERROR:
             level = "error"
-        print(f"{level}: {record.getMessage()}", file=sys.stderr)
+        print(f"{self.label or level}: {self.prefix}{one_line(record.getMessage())}", file=sys.stderr)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+    """Python warnings (from numpy, nibabel, ...) as one ``warning:`` line instead of two raw ones."""
+    print(f"warning: {category.__name__}: {one_line(message)}", file=sys.stderr)
+
+
+def _use_handler(name: str, handler: logging.Handler, level: int) -> None:
+    log = logging.getLogger(name)
+    for h in list(log.handlers):  # ours from an earlier call, or a library's plain stderr handler
+        if isinstance(h, _StderrHandler) or type(h) is logging.StreamHandler:
+            log.removeHandler(h)
+    log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
 
 
 def setup_logging(debug: bool = False) -> None:
-    log = logging.getLogger("medhdiff")
-    for h in list(log.handlers):
-        if isinstance(h, _StderrHandler):
-            log.removeHandler(h)
-    log.addHandler(_StderrHandler())
-    log.setLevel(logging.DEBUG if debug else logging.INFO)
-    log.propagate = False
+    """Route medhdiff's log, nibabel's header-fix messages and Python warnings to one-line stderr output."""
+    _use_handler("medhdiff", _StderrHandler(), logging.DEBUG if debug else logging.INFO)
+    # nibabel reports the header fields it repairs on its own stream handler, without a prefix
+    _use_handler("nibabel.global", _StderrHandler("warning", "NIfTI header: "), logging.WARNING)
+    warnings.showwarning = _show_warning
 
 
 def runtime_message(exc: BaseException) -> str:
     """One line for an unexpected error, with what to change when memory ran out."""
     text = str(exc).strip()
     msg = text.splitlines()[0] if text else type(exc).__name__
+    if isinstance(exc, MemoryError) and not text:
+        msg = "out of memory"
     if "out of memory" in msg.lower():
         msg += " (lower --batch-size, or use --device cpu)"
     return f"{type(exc).__name__}: {msg}"
 
 
+def one_line(message: object) -> str:
+    """A message on one line (some libraries' errors span several)."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print one ``error:`` line on stderr and exit."""
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {one_line(message)}", file=sys.stderr)
     raise typer.Exit(code)
 
 
@@ -74,11 +105,6 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             raise typer.Exit(130) from None
-        except BaseException as exc:  # SIGTERM turned into an exception by the batch runner
-            if getattr(exc, "exit_code", None) == 143:
-                print(f"error: {exc}", file=sys.stderr)
-                raise typer.Exit(143) from None
-            raise
         except MemoryError:
             if state.debug:
                 traceback.print_exc()
@@ -87,5 +113,10 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             if state.debug:
                 traceback.print_exc()
             fail(f"{runtime_message(exc)} (run with --debug for the traceback)", 1)
+        except BaseException as exc:  # SIGTERM turned into an exception (medhdiff_cli.signals)
+            if getattr(exc, "exit_code", None) == 143:
+                print(f"error: {exc}", file=sys.stderr)
+                raise typer.Exit(143) from None
+            raise
 
     return wrapper

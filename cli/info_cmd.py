@@ -11,7 +11,7 @@ from rich.table import Table
 from medhdiff.errors import MedhdiffError
 from medhdiff.info import volume_info
 from medhdiff.io import expand_inputs, load_volume
-from medhdiff_cli.common import console, err_console, handle_errors
+from medhdiff_cli.common import console, err_console, handle_errors, one_line
 
 
 def _fmt(v: float) -> str:
@@ -42,16 +42,17 @@ def _table(info: dict) -> Table:
 def info(
     paths: list[Path] = typer.Argument(..., help="Image files or folders (NIfTI, NRRD, MHA/MHD, DICOM series)."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables."),
+    max_memory: float | None = typer.Option(None, "--max-memory", help="Refuse volumes needing more than this many GB."),
 ) -> None:
     """Show format, geometry and intensity statistics of each volume."""
     cases = expand_inputs(paths)
     results, failures = [], 0
     for case in cases:
         try:
-            results.append(volume_info(load_volume(case)))
+            results.append(volume_info(load_volume(case, max_memory_gb=max_memory)))
         except MedhdiffError as exc:
             failures += 1
-            err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            err_console.print(f"error: {one_line(exc)}", markup=False, highlight=False, soft_wrap=True)
             if len(cases) == 1:
                 raise typer.Exit(exc.exit_code) from None
     if as_json:

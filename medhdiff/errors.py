@@ -23,3 +23,7 @@ class UnsupportedFormatError(InputError):
 
 class OutputExistsError(InputError):
     """An output file exists and overwriting was not requested."""
+
+
+class OutputWriteError(MedhdiffError):
+    """An output could not be written (disk full, no permission); no partial file was left."""

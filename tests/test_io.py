@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import make_affine, smooth_brain, write_nifti
-from medhdiff.errors import InputError, OutputExistsError, UnsupportedFormatError
+from medhdiff.errors import InputError, OutputExistsError, OutputWriteError, UnsupportedFormatError
 from medhdiff.io import expand_inputs, load_volume, output_path, save_volume, select_shard
 
 
@@ -119,9 +119,24 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
         raise OSError("No space left on device")
 
     monkeypatch.setattr(nib.Nifti1Image, "to_filename", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputWriteError, match="cannot write .*out.nii.gz: No space left on device"):
         save_volume(vol.data, tmp_path / "out.nii.gz", reference=vol)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nii.gz"]
+
+
+def test_short_uncompressed_nifti_and_unusable_affines_are_refused(tmp_path):
+    good = write_nifti(tmp_path / "good.nii", smooth_brain(), make_affine())
+    short = tmp_path / "short.nii"
+    short.write_bytes(good.read_bytes()[:-100])
+    with pytest.raises(InputError, match="holds .* bytes, but its header declares"):
+        load_volume(short)
+    hdr = nib.load(str(good)).header.copy()
+    for row in ("srow_x", "srow_y", "srow_z"):
+        hdr[row][2] = 0.0  # the third axis collapsed
+    hdr["qform_code"] = 0  # sform only, so nibabel uses the broken affine
+    nib.Nifti1Image(smooth_brain(), None, hdr).to_filename(str(tmp_path / "flat.nii.gz"))
+    with pytest.raises(InputError, match="no usable geometry"):
+        load_volume(tmp_path / "flat.nii.gz")
 
 
 @pytest.mark.parametrize("ext", [".nrrd", ".mha"])

@@ -134,7 +134,7 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu", verify: bo
             raise InputError(f"sha256 mismatch for {weights}: model.json says {doc.get('sha256')}, file is {actual}")
     try:
         cfg = ModelConfig.from_dict(doc["model"])
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, TypeError, AttributeError, OverflowError) as exc:
         raise InputError(f"{doc_path}: invalid model config: {exc}") from None
     try:
         tensors = load_file(str(weights), device="cpu")

@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from medhdiff.errors import InputError, OutputExistsError
+from medhdiff.errors import InputError, OutputExistsError, OutputWriteError
 
 
 def full_suffix(path: str | os.PathLike) -> str:
@@ -59,11 +59,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The temporary name keeps the target's extension so that writers that pick
     a format from the extension (nibabel, SimpleITK) behave the same. On any
     exception, KeyboardInterrupt included, the temporary file is removed and
-    the target is left untouched.
+    the target is left untouched. An ``OSError`` (a full disk, a folder that
+    became read-only) comes out as :class:`OutputWriteError` naming the target.
     """
     target = Path(path)
     suffix = full_suffix(target)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{suffix}", dir=target.parent or ".")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{suffix}",
+                                        dir=target.parent or ".")
+    except OSError as exc:
+        raise OutputWriteError(f"cannot write {target}: {exc.strerror or exc}") from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -73,6 +78,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise OutputWriteError(f"cannot write {target}: {exc.strerror or exc}; nothing was left behind") from exc
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

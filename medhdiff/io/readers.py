@@ -75,6 +75,18 @@ def _to_3d(data: np.ndarray, path: Path) -> np.ndarray:
     return data
 
 
+def _check_file_length(img: nib.Nifti1Image, path: Path) -> None:
+    """Refuse an uncompressed NIfTI shorter than its header's voxel block, before reading it."""
+    if full_suffix(path) != ".nii":
+        return
+    offset = int(getattr(img.dataobj, "offset", 0))  # the loaded header's vox_offset is reset to 0
+    need = offset + int(np.prod(img.shape, dtype=np.float64)) * img.get_data_dtype().itemsize
+    have = path.stat().st_size
+    if have < need:
+        raise InputError(f"{path} holds {have} bytes, but its header declares {need} "
+                         "(image data at the offset it names): truncated or corrupt file")
+
+
 def _load_nifti(path: Path, max_memory_gb: float | None) -> Volume:
     try:
         img = nib.load(str(path))
@@ -84,6 +96,7 @@ def _load_nifti(path: Path, max_memory_gb: float | None) -> Volume:
     if len(shape) < 3 or len(shape) > 4:
         raise InputError(f"{path} is a {len(shape)}D image (shape {shape}); medhdiff needs a 3D volume")
     _check_size(shape, path, max_memory_gb)
+    _check_file_length(img, path)
     try:
         data = np.asanyarray(img.dataobj)
         source_dtype = str(img.get_data_dtype())
@@ -146,6 +159,50 @@ def dicom_series(folder: Path) -> list[str]:
         return []
 
 
+def _last_line(exc: BaseException) -> str:
+    """ITK's exception texts span several lines; the last one says what went wrong."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+#: Largest relative deviation of one slice step from the median step before a series is refused.
+SLICE_STEP_TOLERANCE = 0.1
+
+
+def _check_slice_spacing(files: list[str] | tuple[str, ...], series: str, folder: Path) -> None:
+    """Refuse a series whose slices are not evenly spaced along their normal.
+
+    A missing slice (a gap of two steps) or slices of two acquisitions sharing
+    a series UID would otherwise be stacked silently onto a wrong grid.
+    """
+    import SimpleITK as sitk
+
+    positions = []
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(name))
+        try:
+            reader.ReadImageInformation()
+        except Exception as exc:
+            raise InputError(f"cannot read {name} of DICOM series {series}: {_last_line(exc)}") from None
+        direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(3, 3)
+        positions.append(float(np.dot(reader.GetOrigin(), direction[:, 2])))
+    pos = np.sort(np.asarray(positions))
+    steps = np.diff(pos)
+    step = float(np.median(steps))
+    if step <= 1e-6:
+        raise InputError(f"DICOM series {series} in {folder}: several slices share one position; "
+                         "the folder mixes acquisitions")
+    bad = np.flatnonzero(np.abs(steps - step) > SLICE_STEP_TOLERANCE * step)
+    if bad.size:
+        i = int(bad[0])
+        what = "a slice is missing" if steps[i] > step else "slices of another acquisition are mixed in"
+        raise InputError(
+            f"DICOM series {series} in {folder}: slices are {step:.4g} mm apart, but {steps[i]:.4g} mm "
+            f"between positions {pos[i]:.4g} and {pos[i + 1]:.4g} mm ({what})"
+        )
+
+
 def _load_dicom(folder: Path, max_memory_gb: float | None, series: str | None) -> Volume:
     import SimpleITK as sitk
 
@@ -163,14 +220,32 @@ def _load_dicom(folder: Path, max_memory_gb: float | None, series: str | None) -
     if len(files) < 2:
         raise InputError(f"DICOM series {series} in {folder} has {len(files)} slice(s); "
                          "medhdiff needs a 3D volume")
+    _check_slice_spacing(files, series, folder)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK would print its own lines on stderr
     try:
         image = reader.Execute()
     except Exception as exc:
-        raise InputError(f"cannot read DICOM series {series} in {folder}: {exc}") from None
+        raise InputError(f"cannot read DICOM series {series} in {folder}: {_last_line(exc)}") from None
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
     return _from_sitk(image, folder, "dicom", max_memory_gb,
                       {"dicom_series": series, "dicom_files": len(files)})
+
+
+def _usable(vol: Volume) -> Volume:
+    """Refuse a volume whose voxel-to-world affine has NaN/Inf entries or collapses an axis."""
+    rot = vol.affine[:3, :3]
+    if not np.isfinite(vol.affine).all():
+        problem = "NaN or infinite entries"
+    elif abs(float(np.linalg.det(rot))) < 1e-9 * max(float(np.abs(rot).max()), 1e-30) ** 3:
+        problem = "a zero voxel size or two parallel axes"
+    else:
+        return vol
+    raise InputError(f"{vol.path}: its header gives no usable geometry (the voxel-to-world affine has {problem}); "
+                     "check the qform/sform and pixdim fields")
 
 
 def load_volume(path: str | os.PathLike, *, max_memory_gb: float | None = None,
@@ -187,11 +262,11 @@ def load_volume(path: str | os.PathLike, *, max_memory_gb: float | None = None,
         raise InputError(f"no such file or folder: {p}")
     fmt = format_of(p)
     if fmt == "dicom":
-        return _load_dicom(p, max_memory_gb, series)
+        return _usable(_load_dicom(p, max_memory_gb, series))
     if p.stat().st_size == 0:
         raise InputError(f"{p} is an empty file")
     if fmt == "nifti":
-        return _load_nifti(p, max_memory_gb)
+        return _usable(_load_nifti(p, max_memory_gb))
     import SimpleITK as sitk
 
     try:
@@ -208,7 +283,7 @@ def load_volume(path: str | os.PathLike, *, max_memory_gb: float | None = None,
         msg = str(exc).strip().splitlines()
         raise InputError(f"cannot read the voxels of {p} (truncated or corrupt file?): "
                          f"{msg[-1] if msg else exc}") from None
-    return _from_sitk(image, p, fmt, max_memory_gb)
+    return _usable(_from_sitk(image, p, fmt, max_memory_gb))
 
 
 def _cast(data: np.ndarray, kind: str) -> np.ndarray:
@@ -298,5 +373,8 @@ def save_volume(data_or_volume: np.ndarray | Volume, path: str | os.PathLike, re
         else:
             import SimpleITK as sitk
 
-            sitk.WriteImage(_sitk_for(data, reference), str(tmp), True)
+            try:
+                sitk.WriteImage(_sitk_for(data, reference), str(tmp), True)
+            except RuntimeError as exc:  # ITK reports a full disk as a RuntimeError
+                raise OSError(_last_line(exc)) from exc
     return out

@@ -25,6 +25,9 @@ from medhdiff.preprocess.resample import grid_with_spacing, resample_to_grid
 
 log = logging.getLogger("medhdiff")
 
+#: Ratio of the largest to the smallest voxel side above which a scan is processed with a warning.
+ANISOTROPY_WARN_RATIO = 4.0
+
 
 @dataclass
 class PreprocessConfig:
@@ -152,7 +155,9 @@ class Preprocessor:
         return out
 
     # -- forward ----------------------------------------------------------
-    def forward(self, volume: Volume, mask: Volume | np.ndarray | None = None) -> Preprocessed:
+    def forward(self, volume: Volume, mask: Volume | np.ndarray | None = None, *,
+                warn_geometry: bool = True) -> Preprocessed:
+        """The scan in model space; ``warn_geometry`` warns about very anisotropic voxels."""
         cfg = self.config
         data = np.asarray(volume.data, dtype=np.float32)
         bad = ~np.isfinite(data)
@@ -162,6 +167,11 @@ class Preprocessor:
             data = np.where(bad, 0.0, data).astype(np.float32)
         if not np.any(data):
             raise InputError(f"{volume.path or 'input'} is all zeros; there is nothing to process")
+        spacing = volume.spacing
+        if warn_geometry and min(spacing) > 0 and max(spacing) / min(spacing) >= ANISOTROPY_WARN_RATIO:
+            log.warning("%s: voxels of %s mm are very anisotropic (%.0f:1); detail between the thick slices "
+                        "is interpolated, so results along that axis are coarse", volume.path or "input",
+                        " x ".join(f"{s:.3g}" for s in spacing), max(spacing) / min(spacing))
 
         if mask is not None:
             user_mask = self._mask_on_grid(mask, volume)

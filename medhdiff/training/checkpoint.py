@@ -80,6 +80,8 @@ def save_checkpoint(folder: str | Path, *, model: torch.nn.Module, ema: torch.nn
     """Write a complete checkpoint atomically into ``folder`` (replacing an older one)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in folder.parent.glob(f".{folder.name}.tmp-*"):  # left by a save that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         save_file(_contiguous(model.state_dict()), str(tmp / "model.safetensors"))

@@ -120,14 +120,14 @@ class TrainConfig:
         try:
             model = ModelConfig.from_dict(d.get("model", {}))
             pre = PreprocessConfig.from_dict(d.get("preprocess", {}) or {})
-        except (TypeError, ValueError, AttributeError) as exc:
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:  # OverflowError: int(.inf)
             raise InputError(f"{where}: {exc}") from None
         _check(DataConfig, d.get("data", {}), f"{where}: data")
         _check(OptimConfig, d.get("optim", {}), f"{where}: optim")
         try:
             data = DataConfig(**d.get("data", {}))
             optim = OptimConfig(**d.get("optim", {}))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise InputError(f"{where}: {exc}") from None
         if pre.pad_multiple % model.volume_multiple:
             raise InputError(f"{where}: preprocess.pad_multiple ({pre.pad_multiple}) must be a multiple of "
@@ -147,6 +147,8 @@ def load_config(path: str | Path) -> TrainConfig:
         raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise InputError(f"{p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise InputError(f"{p} is nested too deeply to be a training config") from None
     if not isinstance(raw, dict):
         raise InputError(f"{p}: expected a mapping of sections (model, preprocess, data, optim)")
     return TrainConfig.from_dict(raw, where=str(p))

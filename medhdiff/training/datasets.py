@@ -151,7 +151,7 @@ def coarse_preprocess_config(cfg: TrainConfig):
 
 def to_model_space(raw: RawVolume, cfg: TrainConfig, preprocessor: Preprocessor) -> ModelSpaceVolume:
     vol = Volume(raw.image.astype(np.float32), raw.affine)
-    pre = preprocessor.forward(vol, mask=raw.brain_mask)
+    pre = preprocessor.forward(vol, mask=raw.brain_mask, warn_geometry=False)  # not once per drawn item
     weight = np.ones_like(pre.image, dtype=np.float32)
     if raw.lesion_mask is not None and raw.lesion_mask.any():
         from scipy.ndimage import binary_dilation

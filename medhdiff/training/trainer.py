@@ -23,6 +23,7 @@ from medhdiff.diffusion.bundle import build_models, save_bundle
 from medhdiff.diffusion.sampler import downsample, upsample
 from medhdiff.diffusion.schedule import NoiseSchedule
 from medhdiff.diffusion.networks import coordinate_grid
+from medhdiff.io.atomic import atomic_path
 from medhdiff.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from medhdiff.training.config import TrainConfig
 from medhdiff.training.datasets import GlobalDataset, PatchDataset, fit_shape, make_source, to_model_space
@@ -117,6 +118,28 @@ class StageTrainer:
             return
         with open(self.dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
+
+    def _trim_log(self) -> None:
+        """Keep the log's records up to the current step, so that the loss history stays continuous.
+
+        A killed run may have logged steps after its last checkpoint (they are
+        trained again on resume) and a last line cut in half.
+        """
+        path = self.dir / "metrics.jsonl"
+        if self.rank != 0 or not path.is_file():
+            return
+        lines = path.read_text().splitlines()
+        kept = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= self.step:
+                kept.append(line)
+        if kept != lines:
+            with atomic_path(path) as tmp:
+                tmp.write_text("".join(line + "\n" for line in kept))
 
     # -- data ---------------------------------------------------------------
     def _loader(self) -> DataLoader:
@@ -264,6 +287,7 @@ class StageTrainer:
         """Run until the stage's step budget (or ``max_steps``) is reached; returns the final step."""
         cfg = self.cfg.optim
         target = self.total if self.max_steps is None else min(self.total, self.max_steps)
+        self._trim_log()
         if self.step >= target:
             return self.step
         previous = signal.signal(signal.SIGTERM, self._on_signal)
