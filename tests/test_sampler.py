@@ -271,6 +271,33 @@ def test_coarse_chain_starts_at_matched_timestep(nets):
     torch.testing.assert_close(r1.x0, r2.x0)
 
 
+def test_coarse_chain_same_timestep_has_the_full_noise_level(nets):
+    """coarse_timestep="same": the coarse chain starts at t_start, and its start holds the noise
+    level of t_start (pooling's f**1.5 reduction topped up with fresh noise), around the pooled signal."""
+    cfg, g, p = nets
+    sch = NoiseSchedule(cfg.schedule)
+    starts = []
+
+    def global_spy(x, t, class_labels=None):
+        starts.append((x.clone(), int(t[0])))
+        return g(x, t, class_labels=class_labels)
+
+    sampler = HierarchicalSampler(sch, cfg)
+    t = 500
+    ab = float(sch.alpha_bar(t))
+    x0 = torch.full((1, 1, 32, 32, 32), 0.7)
+    x_t = sch.add_noise(x0, rand_volume((32, 32, 32), 3), t)
+    sampler.sample(global_spy, p, x_t, t, 1, class_label=0, generator=torch.Generator().manual_seed(0),
+                   coarse_timestep="same")
+    xc, tc = starts[0]
+    assert tc == t
+    noise = xc - math.sqrt(ab) * 0.7
+    assert abs(float(noise.mean())) < 0.15
+    assert float(noise.std()) == pytest.approx(math.sqrt(1 - ab), rel=0.15)  # not sqrt(1 - ab) / 8
+    with pytest.raises(ValueError, match="coarse_timestep"):
+        sampler.sample(g, p, x_t, t, 1, coarse_timestep="bogus")
+
+
 def test_batch_size_does_not_change_the_result(nets):
     cfg, g, p = nets
     sch = NoiseSchedule(cfg.schedule)

@@ -340,6 +340,7 @@ class HierarchicalSampler:
         class_label: int | torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         start_from_noise: bool = False,
+        coarse_timestep: str = "matched",
         step_hook: Callable[[torch.Tensor, int, str], torch.Tensor] | None = None,
     ) -> SampleResult:
         """Run both stages from ``x_t`` (a model-space sample at ``t_start``) to clean data.
@@ -349,6 +350,13 @@ class HierarchicalSampler:
         ``downsample(x_t)`` rescaled to the matched timestep
         ``t' = matched_timestep(t_start, f**3)``; otherwise from fresh noise at
         ``t_start``.  Voxels outside ``mask`` are 0 in both results.
+
+        ``coarse_timestep="same"`` starts the coarse chain at ``t_start`` too:
+        pooling averages the noise down by ``f**1.5``, and fresh noise (from
+        ``generator``) tops it back up to the level of ``t_start``.  Denoising
+        wants "matched" (the coarse stage sees exactly the noise that is in the
+        scan); pseudo-healthy reconstruction wants "same", so that global
+        structure such as a large lesion is re-synthesised rather than copied.
 
         ``step_hook(x, t_prev, stage)``, if given, is applied to the full-resolution
         volume after every stage-2 DDIM step (``t_prev = -1`` after the last one) and
@@ -370,10 +378,19 @@ class HierarchicalSampler:
             shape = (1, 1, *self.coarse_shape(x_t.shape[2:]))
             dev = generator.device if generator is not None else self.device
             xc = torch.randn(shape, generator=generator, device=dev, dtype=torch.float32)
-        else:
+        elif coarse_timestep == "same":
+            t_c = t_start
+            xc = downsample(x_t, f)
+            top_up = math.sqrt((1.0 - float(sch.alpha_bar(t_start))) * (1.0 - 1.0 / f**3))
+            dev = generator.device if generator is not None else xc.device
+            fresh = torch.randn(xc.shape, generator=generator, device=dev, dtype=torch.float32).to(xc.device)
+            xc = xc + top_up * fresh
+        elif coarse_timestep == "matched":
             t_c = int(sch.matched_timestep(t_start, f**3))
             scale = math.sqrt(float(sch.alpha_bar(t_c)) / float(sch.alpha_bar(t_start)))
             xc = downsample(x_t, f) * scale
+        else:
+            raise ValueError(f"coarse_timestep must be 'matched' or 'same', got {coarse_timestep!r}")
         coarse_x0 = self.sample_coarse(global_model, xc, t_c, steps, class_label)
         coarse_x0 = coarse_x0.to(vol_dev)
         if m is not None:
