@@ -86,7 +86,7 @@ def test_denoise_writes_next_to_input_with_residual_png_and_run_record(model_dir
     assert record["version"] == __version__ and record["command"] == "denoise"
     assert record["model_sha256"] == model_sha(model_dir)
     args = record["arguments"]
-    assert args["weights"] == str(model_dir) and args["sigma"] == "auto" and args["steps"] == 1
+    assert args["weights"] == str(model_dir) and args["sigma"] == "auto" and args["steps"] == 2
     assert len(record["cases"]) == 1
     case = record["cases"][0]
     assert case["status"] == "ok" and case["error"] is None and case["input"] == str(a)
