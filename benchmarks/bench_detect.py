@@ -1,0 +1,173 @@
+"""Detection, healthy false positives and reconstruction, on real and synthetic scans.
+
+    python benchmarks/bench_detect.py [--sections tumour healthy reconstruct inpaint] [--coarse same|matched]
+
+* tumour: `medhdiff detect` on the FLAIR and T2 of TCGA-DU-7294 against seg_consensus > 0, inside
+  the brain: Dice at the auto (calibrated) threshold, best-possible Dice, AUPRC, AUROC, seconds,
+  peak RSS. Beside it the intensity-threshold baseline: the scan normalised exactly as medhdiff
+  normalises it, median-filtered (3^3); it has no auto threshold, so only its threshold-free
+  figures are given.
+* healthy: false-positive volume (mL, after the component filter) of `detect` at the auto threshold
+  on the MNI152 2009a T1 (from nilearn; skipped without it) and on held-out synthetic healthy brains
+  of each contrast (1 mm, built-in label map, seeds training never draws).
+* reconstruct: PSNR/SSIM of `medhdiff reconstruct` (its defaults) of held-out synthetic healthy
+  brains against themselves.
+* inpaint: a 12 mm-radius ball of healthy tissue in TCGA-DU-7294's T1, T2 and FLAIR (the brain voxel
+  farthest from the tumour and the brain's edge), inpainted and compared with the original inside
+  the ball; beside it the trivial fill with the mean of a 3 mm shell around the ball.
+
+Results go to benchmarks/results/detect.json; benchmarks/make_results.py writes RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+from rich.console import Console
+from scipy import ndimage
+
+from common import RESULTS_DIR, TUMOUR, machine, measure, require_data, save_results
+
+CASE = "TCGA-DU-7294"
+HEALTHY_SEED = 700_000
+
+
+def healthy_synthetic(contrast: str, i: int):
+    from medhdiff.io import Volume
+    from medhdiff.synth import HealthyBrainGenerator, load_builtin_labelmap
+
+    labels, affine = load_builtin_labelmap()
+    res = HealthyBrainGenerator(contrast=contrast, spacing=1.0, noise_range=(0.0, 0.0)).generate(
+        labels, affine, seed=HEALTHY_SEED + i)
+    return Volume(res.image, res.affine), res.brain_mask > 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sections", nargs="+", default=["tumour", "healthy", "reconstruct", "inpaint"])
+    ap.add_argument("--coarse", default="matched", choices=["same", "matched"])
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--tag", default="", help="suffix of the results file (detect<tag>.json)")
+    args = ap.parse_args()
+    if not require_data():
+        return
+    from medhdiff.io import load_volume
+    from medhdiff.metrics import auprc, auroc, best_dice, dice, psnr, ssim
+    from medhdiff.tasks import Predictor
+
+    console = Console()
+    name = f"detect{args.tag}"
+    path = RESULTS_DIR / f"{name}.json"
+    payload = json.loads(path.read_text()) if path.is_file() else {}
+    payload.setdefault("runs", []).append(machine())
+    pred = Predictor(args.weights, device="cpu", coarse_timestep=args.coarse)
+    payload.update(model_sha256=pred.sha256, coarse_timestep=args.coarse,
+                   calibration=pred.bundle.meta.get("calibration", {}))
+
+    def log(msg: str) -> None:
+        console.print(msg)
+        sys.stdout.flush()
+
+    seg = load_volume(TUMOUR / CASE / "seg_consensus.nii.gz").data > 0
+    if "tumour" in args.sections:
+        rows = []
+        for fname, contrast in (("fla", "flair"), ("t2", "t2")):
+            vol = load_volume(TUMOUR / CASE / f"{fname}.nii.gz")
+            brain = vol.data != 0
+            with measure() as m:
+                r = pred.detect(vol, contrast=contrast)
+            s, lab = r.score_map[brain], seg[brain]
+            row = {"case": CASE, "contrast": contrast, "method": "medhdiff detect",
+                   "dice_auto": round(dice(r.mask > 0, seg), 4), "best_dice": round(best_dice(s, lab)[0], 4),
+                   "auprc": round(auprc(s, lab), 4), "auroc": round(auroc(s, lab), 4),
+                   "found_ml": r.report["total_lesion_ml"], "reference_ml": round(seg.sum() * vol.voxel_volume_ml, 2),
+                   "seconds": round(m.seconds, 1), "peak_rss_gb": round(m.peak_rss_gb, 3)}
+            rows.append(row)
+            log(str(row))
+            prep = pred.prepare(vol)
+            base = pred.preprocessor.inverse(ndimage.median_filter(prep.image, size=3), prep.record, kind="map")
+            s = base[brain]
+            row = {"case": CASE, "contrast": contrast, "method": "intensity threshold (baseline)", "dice_auto": None,
+                   "best_dice": round(best_dice(s, lab)[0], 4), "auprc": round(auprc(s, lab), 4),
+                   "auroc": round(auroc(s, lab), 4)}
+            rows.append(row)
+            log(str(row))
+        payload["tumour"] = rows
+        save_results(name, payload)
+    if "healthy" in args.sections:
+        rows = []
+        inputs = []
+        try:
+            from nilearn.datasets import load_mni152_template
+
+            from medhdiff.io import Volume
+
+            mni = load_mni152_template(resolution=1)
+            inputs.append(("MNI152 2009a T1 (nilearn)", "t1", Volume(np.asarray(mni.get_fdata(), np.float32),
+                                                                      mni.affine), None))
+        except ImportError:
+            log("nilearn is not installed: the MNI152 row is skipped (pip install -e '.[data]')")
+        for contrast in ("t1", "t2", "flair"):
+            vol, brain = healthy_synthetic(contrast, 0)
+            inputs.append((f"synthetic healthy {contrast} (seed {HEALTHY_SEED})", contrast, vol, brain))
+        for label, contrast, vol, brain in inputs:
+            with measure() as m:
+                r = pred.detect(vol, contrast=contrast, mask=brain)
+            row = {"input": label, "contrast": contrast, "false_positive_ml": r.report["total_lesion_ml"],
+                   "components": r.report["n_components"], "seconds": round(m.seconds, 1)}
+            rows.append(row)
+            log(str(row))
+        payload["healthy"] = rows
+        save_results(name, payload)
+    if "reconstruct" in args.sections:
+        rows = []
+        for contrast in ("t1", "t2", "flair"):
+            vol, brain = healthy_synthetic(contrast, 1)
+            x = vol.data
+            rng_ = float(x[brain].max() - x[brain].min())
+            with measure() as m:
+                r = pred.reconstruct(vol, contrast=contrast, mask=brain)
+            row = {"input": f"synthetic healthy {contrast}", "strength": r.timestep / 999, "steps": r.steps,
+                   "psnr": round(psnr(r.image, x, brain, data_range=rng_), 3),
+                   "ssim": round(ssim(r.image, x, brain, data_range=rng_), 4), "seconds": round(m.seconds, 1)}
+            rows.append(row)
+            log(str(row))
+        payload["reconstruct"] = rows
+        save_results(name, payload)
+    if "inpaint" in args.sections:
+        rows = []
+        ref = load_volume(TUMOUR / CASE / "t1.nii.gz")
+        brain = ref.data != 0
+        spacing = np.asarray(ref.spacing, float)
+        far = ndimage.distance_transform_edt(~seg, sampling=spacing)
+        edge = ndimage.distance_transform_edt(brain, sampling=spacing)
+        centre = np.unravel_index(np.argmax(np.minimum(far, edge)), seg.shape)
+        grid = np.indices(seg.shape).astype(np.float32)
+        dist = np.sqrt(sum(((grid[a] - centre[a]) * spacing[a]) ** 2 for a in range(3)))
+        ball = (dist <= 12.0) & brain
+        shell = (dist > 12.0) & (dist <= 15.0) & brain
+        for fname, contrast in (("t1", "t1"), ("t2", "t2"), ("fla", "flair")):
+            vol = load_volume(TUMOUR / CASE / f"{fname}.nii.gz")
+            x = vol.data.astype(np.float32)
+            rng_ = float(x[brain].max() - x[brain].min())
+            with measure() as m:
+                r = pred.reconstruct(vol, contrast=contrast, region=ball.astype(np.uint8))
+            fill = np.where(ball, x[shell].mean(), x)
+            row = {"input": f"{CASE} {contrast}, 12 mm ball at voxel {list(map(int, centre))}",
+                   "ball_ml": round(ball.sum() * vol.voxel_volume_ml, 2),
+                   "psnr": round(psnr(r.image, x, ball, data_range=rng_), 3),
+                   "ssim": round(ssim(r.image, x, ball, data_range=rng_), 4),
+                   "shell_mean_fill_psnr": round(psnr(fill, x, ball, data_range=rng_), 3),
+                   "shell_mean_fill_ssim": round(ssim(fill, x, ball, data_range=rng_), 4),
+                   "seconds": round(m.seconds, 1)}
+            rows.append(row)
+            log(str(row))
+        payload["inpaint"] = rows
+        save_results(name, payload)
+
+
+if __name__ == "__main__":
+    main()
