@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -115,7 +116,7 @@ def main() -> None:
                                ssim=round(ssim(out, x, brain, data_range=rng_), 4),
                                seconds=None if method == "noisy" else round(m.seconds, 2),
                                peak_rss_gb=None if method == "noisy" else round(m.peak_rss_gb, 3),
-                               sigma_true=round(sigma, 2), **extra)
+                               sigma_true=round(sigma, 2), load_avg_1min=round(os.getloadavg()[0], 2), **extra)
                     rows[key(row)] = row
                     payload["rows"] = list(rows.values())
                     save_results("denoise", payload)

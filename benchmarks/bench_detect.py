@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--sections", nargs="+", default=["tumour", "healthy", "reconstruct", "inpaint"])
     ap.add_argument("--coarse", default="matched", choices=["same", "matched"])
     ap.add_argument("--weights", default=None)
+    ap.add_argument("--contrasts", nargs="+", default=["t1", "t2", "flair"],
+                    help="contrasts of the reconstruct and inpaint sections")
     ap.add_argument("--tag", default="", help="suffix of the results file (detect<tag>.json)")
     args = ap.parse_args()
     if not require_data():
@@ -124,7 +126,7 @@ def main() -> None:
         save_results(name, payload)
     if "reconstruct" in args.sections:
         rows = []
-        for contrast in ("t1", "t2", "flair"):
+        for contrast in args.contrasts:
             vol, brain = healthy_synthetic(contrast, 1)
             x = vol.data
             rng_ = float(x[brain].max() - x[brain].min())
@@ -150,6 +152,8 @@ def main() -> None:
         ball = (dist <= 12.0) & brain
         shell = (dist > 12.0) & (dist <= 15.0) & brain
         for fname, contrast in (("t1", "t1"), ("t2", "t2"), ("fla", "flair")):
+            if contrast not in args.contrasts:
+                continue
             vol = load_volume(TUMOUR / CASE / f"{fname}.nii.gz")
             x = vol.data.astype(np.float32)
             rng_ = float(x[brain].max() - x[brain].min())
