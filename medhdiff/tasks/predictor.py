@@ -129,7 +129,7 @@ class Predictor:
 
         ``steps=1`` returns the Tweedie (MMSE) estimate; more steps run DDIM
         from that timestep and give a sharper but less averaged result. The
-        default, 2, scored 0.2-1.1 dB above 1 on every real-scan input of
+        default, 2, scored 0.1-1.3 dB above 1 on every real-scan input of
         ``benchmarks/bench_denoise.py`` at twice the time.
         """
         start = time.time()
