@@ -69,3 +69,50 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+# ---------------------------------------------------------------------------- DICOM
+def write_dicom_series(folder: Path, data: np.ndarray, uid: str, spacing=(0.8, 0.9, 2.0),
+                       origin=(0.0, 0.0, 0.0), skip: tuple[int, ...] = ()) -> Path:
+    """Axial slices of ``data`` (x, y, z) as one DICOM series ``uid`` written by SimpleITK, minus ``skip``.
+
+    File names carry the UID's last part and the origin, so several series can share ``folder``.
+    """
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    image = sitk.GetImageFromArray(np.asarray(data).transpose(2, 1, 0))
+    image.SetSpacing(tuple(float(v) for v in spacing))
+    image.SetOrigin(tuple(float(v) for v in origin))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetDepth()):
+        if k in skip:
+            continue
+        sl = image[:, :, k]
+        sl.SetMetaData("0020|000e", uid)
+        sl.SetMetaData("0020|0013", str(k + 1))
+        sl.SetMetaData("0020|0032", "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
+        sl.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
+        sl.SetMetaData("0008|0060", "MR")
+        writer.SetFileName(str(folder / f"{uid.rsplit('.', 1)[-1]}_{k:03d}_{origin[2]:g}.dcm"))
+        writer.Execute(sl)
+    return folder
+
+
+# ---------------------------------------------------------------------------- the tiny trained model
+@pytest.fixture(scope="session")
+def torch_one_thread():
+    """Torch on one thread for a module's tests (opt in with ``pytestmark``)."""
+    from test_tasks import one_thread
+
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """The tiny model, trained once per session and shared by the task, CLI and robustness tests."""
+    from test_tasks import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.getbasetemp() / "medhdiff_tiny_model")

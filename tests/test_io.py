@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import make_affine, smooth_brain, write_nifti
+from conftest import make_affine, smooth_brain, write_dicom_series, write_nifti
 from medhdiff.errors import InputError, OutputExistsError, OutputWriteError, UnsupportedFormatError
 from medhdiff.io import expand_inputs, load_volume, output_path, save_volume, select_shard
 
@@ -159,23 +159,8 @@ def test_sitk_formats_round_trip_geometry(tmp_path, ext):
 
 def test_dicom_series_written_by_sitk_reads_back(tmp_path):
     data = (smooth_brain((24, 20, 10))).astype(np.int16)
-    image = sitk.GetImageFromArray(data.transpose(2, 1, 0))
-    image.SetSpacing((0.8, 0.9, 2.0))
-    image.SetOrigin((10.0, -20.0, 30.0))
-    series = tmp_path / "series"
-    series.mkdir()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    uid = "1.2.826.0.1.3680043.2.1125.1.12345"
-    for k in range(image.GetDepth()):
-        sl = image[:, :, k]
-        sl.SetMetaData("0020|000e", uid)
-        sl.SetMetaData("0020|0013", str(k + 1))
-        sl.SetMetaData("0020|0032", "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
-        sl.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
-        sl.SetMetaData("0008|0060", "MR")
-        writer.SetFileName(str(series / f"{k:03d}.dcm"))
-        writer.Execute(sl)
+    series = write_dicom_series(tmp_path / "series", data, "1.2.826.0.1.3680043.2.1125.1.12345",
+                                spacing=(0.8, 0.9, 2.0), origin=(10.0, -20.0, 30.0))
     vol = load_volume(series)
     assert vol.fmt == "dicom"
     assert vol.shape == data.shape

@@ -22,22 +22,14 @@ from conftest import write_nifti
 from medhdiff import __version__
 from medhdiff.io import load_volume
 from medhdiff_cli.main import app
-from test_tasks import build_tiny_model, one_thread, small_scan
+from test_tasks import small_scan
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _torch_one_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.getbasetemp() / "medhdiff_tiny_model")
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def model_sha(model: Path) -> str:

@@ -33,13 +33,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
-from conftest import make_affine, smooth_brain, write_nifti
+from conftest import make_affine, smooth_brain, write_dicom_series, write_nifti
 from medhdiff.errors import InputError
 from medhdiff.io import load_volume
 from medhdiff_cli.main import main
-from test_tasks import build_tiny_model, one_thread, small_scan
+from test_tasks import small_scan
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -134,15 +133,7 @@ def leftovers(folder: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- fixtures and scans
-@pytest.fixture(scope="session", autouse=True)
-def _torch_one_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.getbasetemp() / "medhdiff_tiny_model")
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def scan(path: Path, seed: int = 0, orientation: str = "LPS", data: np.ndarray | None = None, **kwargs) -> Path:
@@ -153,25 +144,8 @@ def scan(path: Path, seed: int = 0, orientation: str = "LPS", data: np.ndarray |
 
 def dicom_series(folder: Path, uid: str, skip: tuple[int, ...] = (), z0: float = 0.0, depth: int = 10) -> Path:
     """A DICOM series of ``depth`` axial slices 2 mm apart (minus ``skip``) written by SimpleITK."""
-    folder.mkdir(parents=True, exist_ok=True)
     data = smooth_brain((24, 20, depth)).astype(np.int16)
-    image = sitk.GetImageFromArray(data.transpose(2, 1, 0))
-    image.SetSpacing((0.8, 0.9, 2.0))
-    image.SetOrigin((0.0, 0.0, z0))
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(depth):
-        if k in skip:
-            continue
-        sl = image[:, :, k]
-        sl.SetMetaData("0020|000e", uid)
-        sl.SetMetaData("0020|0013", str(k + 1))
-        sl.SetMetaData("0020|0032", "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
-        sl.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
-        sl.SetMetaData("0008|0060", "MR")
-        writer.SetFileName(str(folder / f"{uid.rsplit('.', 1)[-1]}_{k:03d}_{z0:g}.dcm"))
-        writer.Execute(sl)
-    return folder
+    return write_dicom_series(folder, data, uid, origin=(0.0, 0.0, z0), skip=skip)
 
 
 def huge_header(path: Path, shape=(10000, 10000, 10000)) -> Path:

@@ -92,15 +92,12 @@ def t2_lesion_case(seed: int = 3, volume_ml: float = 15.0):
     return image.astype(np.float32), res.image.astype(np.float32), lesion > 0, res.brain_mask > 0, res.affine
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _torch_one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.getbasetemp() / "medhdiff_tiny_model")
+def tiny_model(model_dir) -> Path:
+    return model_dir
 
 
 @pytest.fixture(scope="session")
