@@ -38,6 +38,12 @@ class DataConfig:
     next to a volume marks lesion voxels to exclude from the loss).
     ``labelmaps``: ``builtin`` or a folder of label maps; ``extra_labelmaps``
     adds the built-in map to a folder.
+
+    ``heal_fraction`` of the synthetic volumes get a synthetic lesion (tumour or
+    focal, ``heal_volume_ml``) and keep their lesion-free version as the target:
+    at timesteps ``t >= heal_min_t`` the networks learn to predict the healthy
+    brain from the noised lesioned one (pseudo-healthy reconstruction), below
+    it they denoise the lesion as it is (denoising must keep pathology).
     """
 
     source: str = "synthetic"
@@ -52,8 +58,22 @@ class DataConfig:
     cond_blur: float = 1.0
     num_workers: int = 0
     validation_volumes: int = 2
+    heal_fraction: float = 0.0
+    heal_min_t: int = 250
+    heal_volume_ml: tuple[float, float] = (1.0, 60.0)
 
     def __post_init__(self) -> None:
+        self.heal_fraction = float(self.heal_fraction)
+        self.heal_min_t = int(self.heal_min_t)
+        self.heal_volume_ml = tuple(float(v) for v in self.heal_volume_ml)  # type: ignore[assignment]
+        if not 0.0 <= self.heal_fraction <= 1.0:
+            raise InputError("data.heal_fraction must be in [0, 1]")
+        if self.heal_min_t < 1:
+            raise InputError("data.heal_min_t must be >= 1")
+        if len(self.heal_volume_ml) != 2 or not 0 < self.heal_volume_ml[0] <= self.heal_volume_ml[1]:
+            raise InputError("data.heal_volume_ml needs [low, high] with 0 < low <= high")
+        if self.heal_fraction > 0 and self.source != "synthetic":
+            raise InputError("data.heal_fraction needs data.source: synthetic (the healthy target is synthesised)")
         if self.source not in ("synthetic", "folder"):
             raise InputError(f"data.source must be synthetic or folder, got {self.source!r}")
         self.contrasts = tuple(str(c) for c in self.contrasts)
@@ -71,7 +91,9 @@ class OptimConfig:
 
     ``low_t_fraction`` of each batch draws its timestep from ``[0, low_t_max)``
     instead of the whole schedule: denoising starts at low noise levels, so the
-    networks see more of them.
+    networks see more of them. ``init_weights`` (a model folder or
+    ``model.safetensors``) starts both stages from trained weights (fine-tuning);
+    a resumed run continues from its own checkpoints instead.
     """
 
     steps_global: int = 2000
@@ -91,6 +113,7 @@ class OptimConfig:
     low_t_fraction: float = 0.0
     low_t_max: int = 150
     seed: int = 0
+    init_weights: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps_global", "steps_local", "batch_global", "batch_local", "warmup_steps",

@@ -10,6 +10,10 @@ exactly as a scan does at inference time, and is then cut into items:
   the aligned coarse context (augmented with noise and blur, as in cascaded
   diffusion), plus a loss weight that is 0 on lesion voxels.
 
+Every item also carries ``target``: the image itself, or for a *healing* item
+(a synthetic brain with an injected lesion, ``data.heal_fraction``) the same
+brain without the lesion.
+
 The datasets are infinite iterable streams. Each DataLoader worker and each
 distributed rank draws from its own seed, so no two workers repeat a volume.
 """
@@ -33,6 +37,7 @@ from medhdiff.io import Volume, guess_contrast, load_volume
 from medhdiff.io.atomic import stem
 from medhdiff.io.paths import is_image_file
 from medhdiff.preprocess import Preprocessor
+from medhdiff.preprocess.normalize import normalize
 from medhdiff.training.config import TrainConfig
 
 
@@ -44,6 +49,7 @@ class RawVolume:
     lesion_mask: np.ndarray | None
     contrast: str
     name: str
+    healthy: np.ndarray | None = None  # lesion-free version of ``image`` (healing target)
 
 
 @dataclass
@@ -55,6 +61,7 @@ class ModelSpaceVolume:
     brain: torch.Tensor
     label: int
     name: str
+    target: torch.Tensor | None = None  # the healthy image the network should restore (healing items)
 
 
 class SyntheticSource:
@@ -100,7 +107,24 @@ class SyntheticSource:
         name, labels, affine = self._labelmap(int(rng.integers(len(self))))
         contrast = self.cfg.data.contrasts[int(rng.integers(len(self.cfg.data.contrasts)))]
         res = self.generators[contrast].generate(labels, affine, seed=int(rng.integers(2**31 - 1)))
-        return RawVolume(res.image, res.affine, res.brain_mask.astype(bool), None, contrast, f"{name}-{contrast}")
+        brain = res.brain_mask.astype(bool)
+        if self.cfg.data.heal_fraction > 0 and rng.random() < self.cfg.data.heal_fraction:
+            from medhdiff.synth import LesionInjector, labels as synth_labels
+
+            kind = "tumor" if rng.random() < 0.7 else "focal"
+            lo, hi = self.cfg.data.heal_volume_ml
+            vol_ml = (lo, hi) if kind == "tumor" else (min(lo, 0.1), min(hi, 3.0))
+            injector = LesionInjector(kind=kind, volume_ml=vol_ml)
+            try:
+                lesioned, _, _ = injector.inject(res.image, brain, res.affine, contrast,
+                                                 seed=int(rng.integers(2**31 - 1)),
+                                                 wm_mask=synth_labels.class_mask(res.labels, "wm"))
+            except ValueError:  # no room for a lesion in this draw: train on it as a healthy brain
+                lesioned = None
+            if lesioned is not None:
+                return RawVolume(lesioned, res.affine, brain, None, contrast, f"{name}-{contrast}-{kind}",
+                                 healthy=res.image)
+        return RawVolume(res.image, res.affine, brain, None, contrast, f"{name}-{contrast}")
 
 
 class FolderSource:
@@ -160,7 +184,15 @@ def to_model_space(raw: RawVolume, cfg: TrainConfig, preprocessor: Preprocessor)
         weight[binary_dilation(lesion, iterations=2)] = 0.0
     label = cfg.model.contrasts.index(raw.contrast) if raw.contrast in cfg.model.contrasts else 0
     as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]  # noqa: E731
-    return ModelSpaceVolume(as_t(pre.image), as_t(weight), as_t(pre.mask), label, raw.name)
+    target = None
+    if raw.healthy is not None:
+        # the same grid and the same intensity scale as the lesioned input (fitted on it, as at inference)
+        healthy = normalize(preprocessor.to_model(raw.healthy.astype(np.float32), pre.record, kind="image"),
+                            pre.record.norm)
+        if pre.record.config.get("zero_outside_mask", True):
+            healthy = np.where(pre.mask, healthy, 0.0)
+        target = as_t(healthy)
+    return ModelSpaceVolume(as_t(pre.image), as_t(weight), as_t(pre.mask), label, raw.name, target)
 
 
 def fit_shape(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -243,7 +275,8 @@ class GlobalDataset(_StreamBase):
         for vol in self.volumes(rng):
             x0 = fit_shape(downsample(vol.image[None], f)[0], shape)
             weight = fit_shape((downsample(vol.weight[None], f)[0] > 0.5).float(), shape)
-            yield {"x0": x0, "weight": weight, "label": torch.tensor(vol.label)}
+            target = x0 if vol.target is None else fit_shape(downsample(vol.target[None], f)[0], shape)
+            yield {"x0": x0, "target": target, "weight": weight, "label": torch.tensor(vol.label)}
 
 
 class PatchDataset(_StreamBase):
@@ -258,8 +291,12 @@ class PatchDataset(_StreamBase):
             image = fit_shape(vol.image, tuple(max(s, q) for s, q in zip(vol.image.shape[1:], p)))
             weight = fit_shape(vol.weight, image.shape[1:])
             brain = fit_shape(vol.brain, image.shape[1:])
+            target = image if vol.target is None else fit_shape(vol.target, image.shape[1:])
             full_shape = tuple(image.shape[1:])
-            coarse = downsample(image[None], f)[0]
+            # A healing item's context is the healthy coarse brain (what a healing global stage returns) or,
+            # half of the time, the lesioned one, so that the patch stage also heals where the context did not.
+            healthy_context = vol.target is not None and rng.random() < 0.5
+            coarse = downsample((target if healthy_context else image)[None], f)[0]
             cond_full = upsample(augment_condition(coarse, rng, cfg.data.cond_noise, cfg.data.cond_blur)[None],
                                  full_shape)[0]
             centres = torch.nonzero(brain[0] > 0)
@@ -269,6 +306,7 @@ class PatchDataset(_StreamBase):
                 sl = (slice(None),) + tuple(slice(a, a + q) for a, q in zip(start, p))
                 yield {
                     "x0": image[sl].clone(),
+                    "target": target[sl].clone(),
                     "cond": cond_full[sl].clone(),
                     "coords": patch_coordinates(full_shape, start, p),
                     "weight": weight[sl].clone(),

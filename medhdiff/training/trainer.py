@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -19,10 +20,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from medhdiff.diffusion.bundle import build_models, save_bundle
+from medhdiff.diffusion.bundle import build_models, load_bundle, save_bundle
 from medhdiff.diffusion.sampler import downsample, upsample
 from medhdiff.diffusion.schedule import NoiseSchedule
 from medhdiff.diffusion.networks import coordinate_grid
+from medhdiff.errors import InputError
 from medhdiff.io.atomic import atomic_path
 from medhdiff.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from medhdiff.training.config import TrainConfig
@@ -88,6 +90,18 @@ class StageTrainer:
             self.ddp_model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self._stop_signal: int | None = None
         self.deadline = deadline
+        if cfg.optim.init_weights:
+            self._init_from(cfg.optim.init_weights)
+
+    def _init_from(self, path: str) -> None:
+        """Start from a trained model's weights (fine-tuning); ``resume()`` later overrides them."""
+        bundle = load_bundle(path)
+        if bundle.config.to_dict() != self.cfg.model.to_dict():
+            raise InputError(f"optim.init_weights {path}: its model config differs from this config's model section")
+        src = bundle.global_model if self.stage == "global" else bundle.patch_model
+        self.model.load_state_dict(src.state_dict())
+        self.ema.load_state_dict(src.state_dict())
+        log.info("%s stage: initialised from %s (sha256 %s)", self.stage, path, bundle.sha256[:12])
 
     # -- state --------------------------------------------------------------
     @property
@@ -157,6 +171,8 @@ class StageTrainer:
         label = batch["label"].to(self.device)
         x_t = self.schedule.add_noise(x0, noise, t)
         target = self.schedule.target(x0, noise, t)
+        if "target" in batch:
+            target = self._healing_target(x_t, x0, batch["target"].to(self.device, non_blocking=True), t, target)
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else nullcontext()
         with ctx:
             if self.stage == "global":
@@ -166,6 +182,25 @@ class StageTrainer:
                             batch["coords"].to(self.device, non_blocking=True), class_labels=label)
         err = (out.float() - target) ** 2 * weight
         return err.sum() / weight.sum().clamp_min(1.0)
+
+    def _healing_target(self, x_t: torch.Tensor, x0: torch.Tensor, healthy: torch.Tensor, t: torch.Tensor,
+                        target: torch.Tensor) -> torch.Tensor:
+        """Regression target that makes the implied clean image the *healthy* one (t >= heal_min_t).
+
+        ``x_t`` was made from the lesioned ``x0``; the noise that maps it onto
+        the healthy image is ``(x_t - sqrt(ab) healthy) / sqrt(1 - ab)``.
+        Items without a lesion, and all items below ``heal_min_t``, keep the
+        ordinary target.
+        """
+        heal = (t >= self.cfg.data.heal_min_t) & ((healthy - x0).flatten(1).abs().amax(1) > 0)
+        if not bool(heal.any()):
+            return target
+        ab = self.schedule.alpha_bar(t).to(x_t)
+        a = ab.sqrt().view(-1, *([1] * (x_t.dim() - 1)))
+        s = (1 - ab).sqrt().view(-1, *([1] * (x_t.dim() - 1)))
+        eps_healthy = (x_t - a * healthy) / s
+        healed = self.schedule.target(healthy, eps_healthy, t)
+        return torch.where(heal.view(-1, *([1] * (x_t.dim() - 1))), healed, target)
 
     @torch.no_grad()
     def _ema_update(self) -> None:
@@ -178,7 +213,8 @@ class StageTrainer:
     # -- validation ---------------------------------------------------------
     def _validation_volumes(self):
         if not hasattr(self, "_val"):
-            src = make_source(self.cfg)
+            # validation measures plain denoising: no injected lesions
+            src = make_source(dataclasses.replace(self.cfg, data=dataclasses.replace(self.cfg.data, heal_fraction=0.0)))
             rng = np.random.default_rng([self.cfg.optim.seed, 424242])
             from medhdiff.preprocess import Preprocessor
 
@@ -358,6 +394,10 @@ def export_model(cfg: TrainConfig, run_dir: Path, device: torch.device | str = "
     from safetensors.torch import load_file
 
     g, p = build_models(cfg.model)
+    if cfg.optim.init_weights:  # a stage this run did not train keeps the weights it started from
+        init = load_bundle(cfg.optim.init_weights)
+        g.load_state_dict(init.global_model.state_dict())
+        p.load_state_dict(init.patch_model.state_dict())
     trained = {}
     for stage, module in (("global", g), ("local", p)):
         found = find_checkpoint(Path(run_dir) / stage / "checkpoint")
@@ -374,4 +414,6 @@ def export_model(cfg: TrainConfig, run_dir: Path, device: torch.device | str = "
             "optim": cfg.to_dict()["optim"],
         },
     }
+    if cfg.optim.init_weights:
+        meta["training"]["init_weights_sha256"] = init.sha256
     return save_bundle(Path(run_dir) / "model", cfg.model, cfg.preprocess.to_dict(), g, p, meta)
