@@ -26,6 +26,7 @@ def train(
     max_steps: int | None = typer.Option(None, "--max-steps", help="Stop each stage at this step (the LR schedule keeps the config's length)."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads."),
     time_limit: float | None = typer.Option(None, "--time-limit", help="Stop after this many seconds (checkpointed, exported)."),
+    init_weights: Path | None = typer.Option(None, "--init-weights", help="Start both stages from this model (folder or model.safetensors): fine-tuning. Overrides optim.init_weights."),
     calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="Calibrate the detection threshold on healthy synthetic volumes after training."),
 ) -> None:
     """Train the global and patch stages; writes RUN/model/model.safetensors + model.json."""
@@ -42,6 +43,10 @@ def train(
         cfg.data.source, cfg.data.folder = "folder", str(data)
     elif synthetic:
         cfg.data.source = "synthetic"
+    if init_weights is not None:
+        if not init_weights.exists():
+            raise InputError(f"--init-weights {init_weights} does not exist")
+        cfg.optim.init_weights = str(init_weights)
     if labelmaps is not None:
         if not labelmaps.is_dir():
             raise InputError(f"--labelmaps {labelmaps} is not a folder")

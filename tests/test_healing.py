@@ -132,3 +132,15 @@ def test_init_weights_of_another_architecture_is_refused(tmp_path, model_dir):
     cfg = dataclasses.replace(cfg, model=other, optim=dataclasses.replace(cfg.optim, init_weights=str(model_dir)))
     with pytest.raises(InputError, match="init_weights"):
         _trainer(tmp_path, cfg)
+
+
+def test_train_refuses_missing_init_weights(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "medhdiff_cli.main", "train", "-c", str(TINY), "--out",
+                          str(tmp_path / "run"), "--init-weights", str(tmp_path / "nope")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("error: --init-weights")
+    assert not (tmp_path / "run").exists()

@@ -300,8 +300,12 @@ class PatchDataset(_StreamBase):
             cond_full = upsample(augment_condition(coarse, rng, cfg.data.cond_noise, cfg.data.cond_blur)[None],
                                  full_shape)[0]
             centres = torch.nonzero(brain[0] > 0)
+            # half the windows of a healing volume are centred on its lesion, or few would show one
+            lesion_centres = (torch.nonzero((target[0] - image[0]).abs() > 0.02) if vol.target is not None
+                              else centres[:0])
             for _ in range(cfg.data.patches_per_volume):
-                c = centres[int(rng.integers(len(centres)))].tolist() if len(centres) else [s // 2 for s in full_shape]
+                pool = lesion_centres if len(lesion_centres) and rng.random() < 0.5 else centres
+                c = pool[int(rng.integers(len(pool)))].tolist() if len(pool) else [s // 2 for s in full_shape]
                 start = [int(min(max(ci - q // 2, 0), s - q)) for ci, q, s in zip(c, p, full_shape)]
                 sl = (slice(None),) + tuple(slice(a, a + q) for a, q in zip(start, p))
                 yield {
