@@ -42,6 +42,11 @@ def _runs(payload: dict) -> list[str]:
     return out
 
 
+def _table(title: str, header: list[str], rows: list[str]) -> list[str]:
+    """A '###' section holding one Markdown table (rows already formatted)."""
+    return [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows, ""]
+
+
 def _fmt(v, nd=2) -> str:
     return "" if v is None else f"{v:.{nd}f}"
 
@@ -85,6 +90,41 @@ def denoise_section(d: dict) -> tuple[list[str], dict]:
                      f"{r['ssim']:.3f} | {_fmt(r['seconds'], 1)} | {_fmt(r['peak_rss_gb'])} | "
                      f"{_fmt(r.get('load_avg_1min'), 1)} |")
     return lines, {"rows": rows, "means": means, "complete": complete}
+
+
+def levers_section(lv: dict) -> list[str]:
+    """The measured levers for missed targets (bench_levers.py)."""
+    out = ["## Levers measured for the missed targets (`bench_levers.py`)", ""]
+    if lv.get("tta"):
+        out += _table("Denoising: averaging over flipped inputs (TCGA-DU-7294 T2, 9 %)",
+                      ["input", "steps", "PSNR", "SSIM", "seconds (sum)"],
+                      [f"| {r['input']} | {r['steps']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['seconds']:.0f} |"
+                       for r in lv["tta"]])
+    models = lv.get("models", {})
+    if models:
+        out += _table("Candidate models", ["model", "sha256", "description", "steps (global / patch)", "started from"],
+                      [f"| {spec} | {d['sha256']} | {d['description']} | {d.get('steps', {}).get('global', '')} / "
+                       f"{d.get('steps', {}).get('local', '')} | {d.get('init_weights_sha256') or ''} |"
+                       for spec, d in models.items()])
+    if lv.get("detect"):
+        lines = []
+        for r in lv["detect"]:
+            st = r["settings"]
+            desc = (f"steps {st['steps']}, ensemble {st['ensemble']}, strengths {', '.join(map(str, st['strengths']))}, "
+                    f"coarse {st.get('coarse', 'matched')}")
+            lines.append(f"| {r['model']} | {desc} | {r['input']} | {r['auroc']:.3f} | {r['best_dice']:.3f} | "
+                         f"{r['auprc']:.3f} | {r['scan_lesion']:.2f} / {r['scan_healthy']:.2f} | "
+                         f"{r['recon_lesion']:.2f} / {r['recon_healthy']:.2f} | {r['seconds']:.0f} |")
+        out += _table("Detection score per model (threshold-free; medians in units of the normalisation scale)",
+                      ["model", "settings", "input", "AUROC", "best Dice", "AUPRC", "scan lesion / healthy",
+                       "reconstruction lesion / healthy", "seconds"], lines)
+    if lv.get("coarse"):
+        keys = [k for k in lv["coarse"][0] if k.startswith("strength_")]
+        out += _table("Global stage alone: medians tumour / healthy of the coarse reconstruction",
+                      ["model", "input", "pooled scan", *(k.replace("_", " ") for k in keys)],
+                      [f"| {r['model']} | {r['input']} | {r['pooled_scan'][0]:.2f} / {r['pooled_scan'][1]:.2f} | "
+                       + " | ".join(f"{r[k][0]:.2f} / {r[k][1]:.2f}" for k in keys) + " |" for r in lv["coarse"]])
+    return out + ["Runs:"] + _runs(lv) + [""]
 
 
 def main() -> None:
@@ -148,20 +188,16 @@ def main() -> None:
                            f"{'met' if worst < 2 else 'NOT met'} |")
             out.append("")
         if det.get("reconstruct"):
-            out += ["### Healthy reconstruction of healthy synthetic brains (`reconstruct` defaults)", "",
-                    "| input | strength | steps | PSNR | SSIM | seconds |", "|---|---|---|---|---|---|"]
-            for r in det["reconstruct"]:
-                out.append(f"| {r['input']} | {r['strength']:.2f} | {r['steps']} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
-                           f"{r['seconds']:.0f} |")
-            out.append("")
+            out += _table("Healthy reconstruction of healthy synthetic brains (`reconstruct` defaults)",
+                          ["input", "strength", "steps", "PSNR", "SSIM", "seconds"],
+                          [f"| {r['input']} | {r['strength']:.2f} | {r['steps']} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
+                           f"{r['seconds']:.0f} |" for r in det["reconstruct"]])
         if det.get("inpaint"):
-            out += ["### Inpainting a healthy region of a real scan", "",
-                    "| input | ball mL | medhdiff PSNR / SSIM | shell-mean fill PSNR / SSIM | seconds |",
-                    "|---|---|---|---|---|"]
-            for r in det["inpaint"]:
-                out.append(f"| {r['input']} | {r['ball_ml']} | {r['psnr']:.2f} / {r['ssim']:.3f} | "
-                           f"{r['shell_mean_fill_psnr']:.2f} / {r['shell_mean_fill_ssim']:.3f} | {r['seconds']:.0f} |")
-            out.append("")
+            out += _table("Inpainting a healthy region of a real scan",
+                          ["input", "ball mL", "medhdiff PSNR / SSIM", "shell-mean fill PSNR / SSIM", "seconds"],
+                          [f"| {r['input']} | {r['ball_ml']} | {r['psnr']:.2f} / {r['ssim']:.3f} | "
+                           f"{r['shell_mean_fill_psnr']:.2f} / {r['shell_mean_fill_ssim']:.3f} | {r['seconds']:.0f} |"
+                           for r in det["inpaint"]])
         out += ["Runs:"] + _runs(det) + [""]
     else:
         out += ["## Detection", "", "not run yet (`python benchmarks/bench_detect.py`)", ""]
@@ -174,6 +210,9 @@ def main() -> None:
             targets.append(f"| speed: {r['job']} <= {r['target_s']} s, peak RSS <= 6 GB | {r['seconds']:.0f} s, "
                            f"{r['peak_rss_gb']:.2f} GB | {'met' if ok else 'NOT met'} |")
         out += ["", "Runs:"] + _runs(speed) + [""]
+    levers = _load("levers")
+    if levers:
+        out += levers_section(levers)
     out[4:4] = ["## Targets", "", "| target | measured | status |", "|---|---|---|", *targets, ""]
     (ROOT / "benchmarks" / "RESULTS.md").write_text("\n".join(out) + "\n")
     print("\n".join(out))

@@ -1,0 +1,187 @@
+"""The issue-6 levers for the missed targets, measured: test-time flips for denoising, and candidate models
+(e.g. the lesion-healing fine-tune) for detection, against the shipped model.
+
+    python benchmarks/bench_levers.py --sections tta
+    python benchmarks/bench_levers.py --sections detect coarse --models shipped runs/heal/model runs/heal2/model
+
+* tta: TCGA-DU-7294 T2 at 9 % Rician noise (the BM4D comparison input). medhdiff denoise (default steps)
+  on the scan, on its left-right flip and on its anterior-posterior flip, each flipped back; PSNR/SSIM
+  of each and of the averages of 2 and 3 of them (the time is the sum of the runs averaged).
+* detect: threshold-free figures (AUROC, best-possible Dice, AUPRC) of each model's `detect` score
+  (the model's calibrated settings and coarse stage "matched", unless --steps/--ensemble/--strengths/--coarse) on TCGA-DU-7294 FLAIR and T2, and on the project's own
+  synthetic FLAIR lesion (sample_data, 2 mm); with the median intensity, in units of the normalisation
+  scale, of the scan and of the mean reconstruction inside and outside the lesion. A reconstruction that
+  heals brings the lesion median down to the healthy one.
+* coarse: the global stage alone. The scan is pooled to the coarse grid, noised to strengths 0.3, 0.5 and
+  0.7 and denoised (2 DDIM steps); medians inside and outside the tumour as above.
+
+Results go to benchmarks/results/levers.json (each section replaced when re-run); make_results.py adds
+them to RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from common import CASES, RESULTS_DIR, ROOT, TUMOUR, add_rician, machine, measure, noise_seed, require_data, save_results
+
+CASE = "TCGA-DU-7294"
+
+
+def _model(spec: str, coarse: str = "matched"):
+    from medhdiff.tasks import Predictor
+
+    return Predictor(None if spec == "shipped" else spec, device="cpu", coarse_timestep=coarse)
+
+
+def tta(console: Console) -> list[dict]:
+    from medhdiff.io import Volume, load_volume
+    from medhdiff.metrics import psnr, ssim
+
+    pred = _model("shipped")
+    vol = load_volume(TUMOUR / CASE / CASES[CASE]["t2"])
+    x = np.nan_to_num(vol.data.astype(np.float32))
+    brain = x != 0
+    rng_ = float(x[brain].max() - x[brain].min())
+    y, _ = add_rician(x, brain, 0.09, noise_seed(CASE, "t2", 0.09))
+    outs, secs, rows = [], [], []
+    for name, axis in (("as is", None), ("left-right flip", 0), ("anterior-posterior flip", 1)):
+        yy = y if axis is None else np.flip(y, axis).copy()
+        with measure() as m:
+            r = pred.denoise(Volume(yy, vol.affine, vol.header), contrast="t2")
+        outs.append(r.image if axis is None else np.flip(r.image, axis))
+        secs.append(m.seconds)
+        rows.append({"input": name, "steps": r.steps, "psnr": round(psnr(outs[-1], x, brain, data_range=rng_), 3),
+                     "ssim": round(ssim(outs[-1], x, brain, data_range=rng_), 4), "seconds": round(m.seconds, 1)})
+        console.print(rows[-1])
+    for k in (2, 3):
+        avg = np.mean(outs[:k], axis=0)
+        rows.append({"input": f"average of {k}", "steps": rows[0]["steps"],
+                     "psnr": round(psnr(avg, x, brain, data_range=rng_), 3),
+                     "ssim": round(ssim(avg, x, brain, data_range=rng_), 4), "seconds": round(sum(secs[:k]), 1)})
+        console.print(rows[-1])
+    return rows
+
+
+def _inputs():
+    from medhdiff.io import load_volume
+
+    seg = load_volume(TUMOUR / CASE / "seg_consensus.nii.gz").data > 0
+    for fname, contrast in (("fla", "flair"), ("t2", "t2")):
+        yield f"{CASE} {contrast}", contrast, load_volume(TUMOUR / CASE / f"{fname}.nii.gz"), seg
+    sample = ROOT / "sample_data"
+    yield ("sample_data synthetic FLAIR lesion", "flair", load_volume(sample / "synth_flair_lesion.nii.gz"),
+           load_volume(sample / "synth_flair_lesion_mask.nii.gz").data > 0)
+
+
+def detect(models: list[str], console: Console, args) -> list[dict]:
+    from medhdiff.metrics import auprc, auroc, best_dice
+
+    rows = []
+    for spec in models:
+        pred = _model(spec, args.coarse)
+        for name, contrast, vol, lesion in _inputs():
+            brain = vol.data != 0
+            with measure() as m:
+                score, rec, settings = pred._score(vol, threshold="auto", ensemble=args.ensemble,
+                                                   strengths=tuple(args.strengths or ()) or None, steps=args.steps,
+                                                   mask=None, contrast=contrast, polarity="auto", seed=0)
+            scale = pred.prepare(vol).record.norm.scale
+            s, lab = score[brain], lesion[brain]
+            med = lambda a, sel: round(float(np.median(a[sel])) / scale, 3)  # noqa: E731
+            rows.append({"model": spec, "sha256": pred.sha256[:12], "input": name, "auroc": round(auroc(s, lab), 4),
+                         "best_dice": round(best_dice(s, lab)[0], 4), "auprc": round(auprc(s, lab), 4),
+                         "scan_lesion": med(vol.data, lesion), "scan_healthy": med(vol.data, brain & ~lesion),
+                         "recon_lesion": med(rec, lesion), "recon_healthy": med(rec, brain & ~lesion),
+                         "settings": {**{k: settings[k] for k in ("ensemble", "strengths", "steps", "polarity")},
+                                      "coarse": args.coarse},
+                         "seconds": round(m.seconds, 1)})
+            console.print(rows[-1])
+    return rows
+
+
+def coarse(models: list[str], console: Console) -> list[dict]:
+    import torch
+
+    from medhdiff.diffusion.sampler import downsample
+
+    rows = []
+    for spec in models:
+        pred = _model(spec)
+        for name, contrast, vol, lesion in list(_inputs())[:2]:
+            prep = pred.prepare(vol)
+            f = pred.cfg.coarse_factor
+            pool = lambda a: downsample(pred._tensor(a.astype(np.float32)), f)  # noqa: E731
+            les = pool(pred.preprocessor.to_model(lesion.astype(np.float32), prep.record, kind="mask"))[0, 0].numpy() > 0.5
+            brain = pool(prep.mask)[0, 0].numpy() > 0.5
+            xc = pool(prep.image)
+            row = {"model": spec, "input": name, "pooled_scan": [round(float(np.median(xc[0, 0].numpy()[les])), 3),
+                                                                  round(float(np.median(xc[0, 0].numpy()[brain & ~les])), 3)]}
+            for strength in (0.3, 0.5, 0.7):
+                t = int(round(strength * (pred.schedule.num_train_timesteps - 1)))
+                g = torch.Generator().manual_seed(0)
+                x_t = pred.schedule.add_noise(xc, torch.randn(xc.shape, generator=g), t)
+                rec = pred.sampler.sample_coarse(pred.bundle.global_model, x_t, t, 2, pred.class_label(contrast))[0, 0]
+                rec = rec.numpy()
+                row[f"strength_{strength}"] = [round(float(np.median(rec[les])), 3),
+                                               round(float(np.median(rec[brain & ~les])), 3)]
+            rows.append(row)
+            console.print(row)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sections", nargs="+", default=["tta", "detect", "coarse"])
+    ap.add_argument("--models", nargs="+", default=["shipped"],
+                    help="'shipped' or model folders (detect and coarse sections)")
+    ap.add_argument("--steps", type=int, default=None, help="detect: DDIM steps (default: the model's calibration)")
+    ap.add_argument("--ensemble", type=int, default=None, help="detect: reconstructions per scan (default: calibration)")
+    ap.add_argument("--strengths", type=float, nargs="+", default=None, help="detect: strengths (default: calibration)")
+    ap.add_argument("--coarse", default="matched", choices=["matched", "same"], help="detect: coarse-stage timestep")
+    args = ap.parse_args()
+    if not require_data():
+        return
+    console = Console()
+    path = RESULTS_DIR / "levers.json"
+    payload = json.loads(path.read_text()) if path.is_file() else {}
+    payload.setdefault("runs", []).append(machine())
+    for spec in args.models:
+        if spec != "shipped" and not Path(spec).exists():
+            sys.exit(f"error: no model at {spec}")
+    if "tta" in args.sections:
+        payload["tta"] = tta(console)
+        save_results("levers", payload)
+    if "detect" in args.sections:
+        # rows accumulate over runs with different settings; a re-run replaces its own rows
+        new = detect(args.models, console, args)
+        ident = lambda r: (r["model"], r["input"], json.dumps(r["settings"], sort_keys=True))  # noqa: E731
+        keys = {ident(r) for r in new}
+        payload["detect"] = [r for r in payload.get("detect", []) if ident(r) not in keys] + new
+        save_results("levers", payload)
+    if "coarse" in args.sections:
+        payload["coarse"] = coarse(args.models, console)
+        save_results("levers", payload)
+    payload["models"] = {**payload.get("models", {}), **{spec: _describe(spec) for spec in args.models}}
+    save_results("levers", payload)
+
+
+def _describe(spec: str) -> dict:
+    """What a candidate model is (from its model.json): description and training steps."""
+    doc_path = (ROOT / "medhdiff" / "models" / "default" / "model.json") if spec == "shipped" else Path(spec) / "model.json"
+    doc = json.loads(doc_path.read_text())
+    return {"description": doc.get("description", ""), "sha256": doc.get("sha256", "")[:12],
+            "steps": doc.get("training", {}).get("steps", {}),
+            "init_weights_sha256": doc.get("training", {}).get("init_weights_sha256", "")[:12]}
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    main()
