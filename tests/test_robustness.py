@@ -527,7 +527,7 @@ def interrupt(args: list, watch: Path, pattern: str, sig: int, seed: int) -> Run
 def test_interrupted_job_leaves_no_partial_output(command, sig, model_dir, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
-    n = 12 if command == "denoise" else 6
+    n = 24 if command == "denoise" else 8  # enough cases that the signal lands before the last one ends
     for i in range(n):
         scan(src / f"s{i:02d}_t2.nii.gz", seed=i)
     extra = ["--steps", "3"] if command == "denoise" else ["--ensemble", "2"]
