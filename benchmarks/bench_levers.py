@@ -82,7 +82,7 @@ def _inputs():
 
 
 def detect(models: list[str], console: Console, args) -> list[dict]:
-    from medhdiff.metrics import auprc, auroc, best_dice
+    from bench_detect import localisation
 
     rows = []
     for spec in models:
@@ -90,17 +90,16 @@ def detect(models: list[str], console: Console, args) -> list[dict]:
         for name, contrast, vol, lesion in _inputs():
             brain = vol.data != 0
             with measure() as m:
-                score, rec, settings = pred._score(vol, threshold="auto", ensemble=args.ensemble,
-                                                   strengths=tuple(args.strengths or ()) or None, steps=args.steps,
-                                                   mask=None, contrast=contrast, polarity="auto", seed=0)
+                r = pred.detect(vol, ensemble=args.ensemble, strengths=tuple(args.strengths or ()) or None,
+                                steps=args.steps, contrast=contrast)
             scale = pred.prepare(vol).record.norm.scale
-            s, lab = score[brain], lesion[brain]
             med = lambda a, sel: round(float(np.median(a[sel])) / scale, 3)  # noqa: E731
-            rows.append({"model": spec, "sha256": pred.sha256[:12], "input": name, "auroc": round(auroc(s, lab), 4),
-                         "best_dice": round(best_dice(s, lab)[0], 4), "auprc": round(auprc(s, lab), 4),
+            rows.append({"model": spec, "sha256": pred.sha256[:12], "input": name,
+                         **localisation(r.score_map[brain], lesion[brain]),
                          "scan_lesion": med(vol.data, lesion), "scan_healthy": med(vol.data, brain & ~lesion),
-                         "recon_lesion": med(rec, lesion), "recon_healthy": med(rec, brain & ~lesion),
-                         "settings": {**{k: settings[k] for k in ("ensemble", "strengths", "steps", "polarity")},
+                         "recon_lesion": med(r.reconstruction, lesion),
+                         "recon_healthy": med(r.reconstruction, brain & ~lesion),
+                         "settings": {**{k: r.report[k] for k in ("ensemble", "strengths", "steps", "polarity")},
                                       "coarse": args.coarse},
                          "seconds": round(m.seconds, 1)})
             console.print(rows[-1])

@@ -10,9 +10,9 @@ exactly as a scan does at inference time, and is then cut into items:
   the aligned coarse context (augmented with noise and blur, as in cascaded
   diffusion), plus a loss weight that is 0 on lesion voxels.
 
-Every item also carries ``target``: the image itself, or for a *healing* item
-(a synthetic brain with an injected lesion, ``data.heal_fraction``) the same
-brain without the lesion.
+With ``data.heal_fraction > 0`` every item also carries ``target``: the image
+itself, or for a *healing* item (a synthetic brain with an injected lesion) the
+same brain without the lesion.
 
 The datasets are infinite iterable streams. Each DataLoader worker and each
 distributed rank draws from its own seed, so no two workers repeat a volume.
@@ -238,6 +238,8 @@ class _StreamBase(IterableDataset):
         self._source = source
         self.direct = self.coarse_direct and cfg.data.source == "synthetic"
         self.preprocessor = Preprocessor(coarse_preprocess_config(cfg) if self.direct else cfg.preprocess)
+        # items carry "target" only in healing runs: ordinary training moves and compares no second image
+        self.healing = cfg.data.source == "synthetic" and cfg.data.heal_fraction > 0
 
     def _rng(self) -> np.random.Generator:
         info = get_worker_info()
@@ -275,8 +277,10 @@ class GlobalDataset(_StreamBase):
         for vol in self.volumes(rng):
             x0 = fit_shape(downsample(vol.image[None], f)[0], shape)
             weight = fit_shape((downsample(vol.weight[None], f)[0] > 0.5).float(), shape)
-            target = x0 if vol.target is None else fit_shape(downsample(vol.target[None], f)[0], shape)
-            yield {"x0": x0, "target": target, "weight": weight, "label": torch.tensor(vol.label)}
+            item = {"x0": x0, "weight": weight, "label": torch.tensor(vol.label)}
+            if self.healing:
+                item["target"] = x0 if vol.target is None else fit_shape(downsample(vol.target[None], f)[0], shape)
+            yield item
 
 
 class PatchDataset(_StreamBase):
@@ -308,11 +312,13 @@ class PatchDataset(_StreamBase):
                 c = pool[int(rng.integers(len(pool)))].tolist() if len(pool) else [s // 2 for s in full_shape]
                 start = [int(min(max(ci - q // 2, 0), s - q)) for ci, q, s in zip(c, p, full_shape)]
                 sl = (slice(None),) + tuple(slice(a, a + q) for a, q in zip(start, p))
-                yield {
+                item = {
                     "x0": image[sl].clone(),
-                    "target": target[sl].clone(),
                     "cond": cond_full[sl].clone(),
                     "coords": patch_coordinates(full_shape, start, p),
                     "weight": weight[sl].clone(),
                     "label": torch.tensor(vol.label),
                 }
+                if self.healing:
+                    item["target"] = target[sl].clone()
+                yield item

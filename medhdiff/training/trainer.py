@@ -195,11 +195,10 @@ class StageTrainer:
         heal = (t >= self.cfg.data.heal_min_t) & ((healthy - x0).flatten(1).abs().amax(1) > 0)
         if not bool(heal.any()):
             return target
-        ab = self.schedule.alpha_bar(t).to(x_t)
-        a = ab.sqrt().view(-1, *([1] * (x_t.dim() - 1)))
-        s = (1 - ab).sqrt().view(-1, *([1] * (x_t.dim() - 1)))
-        eps_healthy = (x_t - a * healthy) / s
-        healed = self.schedule.target(healthy, eps_healthy, t)
+        sch = self.schedule
+        ab = sch.alpha_bar(t)
+        eps_healthy = (x_t - sch._bcast(ab.sqrt(), x_t) * healthy) / sch._bcast((1 - ab).sqrt(), x_t)
+        healed = sch.target(healthy, eps_healthy, t)
         return torch.where(heal.view(-1, *([1] * (x_t.dim() - 1))), healed, target)
 
     @torch.no_grad()
