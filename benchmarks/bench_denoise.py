@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -30,7 +31,16 @@ from rich.table import Table
 
 from common import CASES, RESULTS_DIR, TUMOUR, add_rician, machine, measure, noise_seed, require_data, save_results
 
-METHODS = ("noisy", "medhdiff-steps1", "medhdiff-steps2", "dipy-nlmeans", "sitk-anisotropic", "bm4d")
+METHODS = ("noisy", "medhdiff-steps1", "medhdiff-steps2", "medhdiff-steps1-adapt20", "medhdiff-steps2-adapt20",
+           "dipy-nlmeans", "sitk-anisotropic", "bm4d")
+
+
+def medhdiff_settings(method: str) -> dict:
+    """``medhdiff-steps2-adapt20`` -> ``{"steps": 2, "adapt": 20}`` (no ``-adapt``: 0, adaptation off)."""
+    m = re.fullmatch(r"medhdiff-steps(\d+)(?:-adapt(\d+))?", method)
+    if m is None:
+        raise ValueError(f"not a medhdiff method: {method}")
+    return {"steps": int(m.group(1)), "adapt": int(m.group(2) or 0)}
 
 
 def dipy_nlmeans(y: np.ndarray, sigma: float, brain: np.ndarray) -> np.ndarray:
@@ -64,7 +74,8 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", default=list(CASES))
     ap.add_argument("--contrasts", nargs="+", default=["t1", "t2", "flair"])
     ap.add_argument("--levels", type=float, nargs="+", default=[0.03, 0.05, 0.07, 0.09])
-    ap.add_argument("--methods", nargs="+", default=[m for m in METHODS], choices=METHODS)
+    ap.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "medhdiff-steps1-adapt20"],
+                    choices=METHODS)
     ap.add_argument("--bm4d", nargs="*", default=["TCGA-DU-7294:t2:0.09"],
                     help="CASE:CONTRAST:LEVEL triples on which BM4D runs (slow)")
     ap.add_argument("--weights", default=None)
@@ -104,7 +115,8 @@ def main() -> None:
                         if method == "noisy":
                             out = y
                         elif method.startswith("medhdiff"):
-                            r = pred.denoise(Volume(y, vol.affine, vol.header), steps=int(method[-1]), contrast=contrast)
+                            r = pred.denoise(Volume(y, vol.affine, vol.header), contrast=contrast,
+                                             **medhdiff_settings(method))
                             out, extra = r.image, {"sigma_estimated": round(r.sigma, 2), "timestep": r.timestep}
                         elif method == "dipy-nlmeans":
                             out = dipy_nlmeans(y, sigma, brain)

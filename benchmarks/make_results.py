@@ -9,7 +9,6 @@ of the default-model issue are checked against the measured numbers, met or not.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 

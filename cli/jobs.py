@@ -59,6 +59,9 @@ def denoise(
     sigma: str = typer.Option("auto", "--sigma", help="Noise sigma in the image's units, or auto (estimated)."),
     steps: int = typer.Option(2, "--steps", help="Sampling steps, the speed knob: 1 = one Tweedie (MMSE) pass, "
                               "twice as fast; 2 (default) measured 0.1-1.3 dB better on real scans."),
+    adapt: int = typer.Option(20, "--adapt", help="Test-time adaptation: first fit a copy of the patch network to "
+                              "this scan's own noise for this many steps (self-supervised, about 0.9 s each on "
+                              "2 CPU cores); the default 20 measured 0.5-1.5 dB better on real scans. 0 = off."),
     mask: Path | None = MASK,
     residual: bool = typer.Option(False, "--residual", help="Also write <stem>_residual.nii.gz (input - denoised)."),
     png: bool = typer.Option(False, "--png", help="Also write <stem>_denoised.png (input, denoised, residual)."),
@@ -71,6 +74,8 @@ def denoise(
     max_memory: float | None = MAX_MEM,
 ) -> None:
     """Remove noise: estimate its level, then run the reverse diffusion from the matching step."""
+    if adapt < 0:
+        raise InputError("--adapt must be >= 0")
     predictor = _predictor(weights, device, batch_size, threads)
     mask_vol = _load_mask(mask, max_memory)
     n = len(inputs) if len(inputs) > 1 or not inputs[0].is_dir() else 2
@@ -87,7 +92,7 @@ def denoise(
         check_outputs(paths, case, overwrite)
         vol = load_volume(case, max_memory_gb=max_memory)
         predictor.set_progress(sampler_progress(bar))
-        res = predictor.denoise(vol, sigma=sigma, steps=steps, mask=mask_vol, contrast=contrast)
+        res = predictor.denoise(vol, sigma=sigma, steps=steps, mask=mask_vol, contrast=contrast, adapt=adapt)
         save_volume(res.image, paths["denoised"], vol, kind="image", overwrite=overwrite)
         if residual:
             save_volume(res.residual, paths["residual"], vol, kind="image", overwrite=overwrite)
@@ -96,14 +101,16 @@ def denoise(
 
             save_panels_png([vol.data, res.image, np.abs(res.residual)], vol.affine, paths["png"],
                             ["input", "denoised", "|residual|"])
+        adapted = f", adapted {res.info['adapt_iterations']} steps" if res.info["adapt_iterations"] else ""
         print(f"{case}: sigma {res.sigma:.4g} ({res.sigma_method}), timestep {res.timestep}, "
-              f"{res.steps} step(s), {res.seconds:.1f} s -> {paths['denoised']}")
+              f"{res.steps} step(s){adapted}, {res.seconds:.1f} s -> {paths['denoised']}")
         return CaseOutcome(case, outputs={k: str(v) for k, v in paths.items()},
                            numbers={"sigma": res.sigma, "sigma_method": res.sigma_method, "timestep": res.timestep,
-                                    "steps": res.steps, "seconds": round(res.seconds, 2)})
+                                    "steps": res.steps, "adapt_iterations": res.info["adapt_iterations"],
+                                    "seconds": round(res.seconds, 2)})
 
-    run_cases("denoise", inputs, shard, dict(weights=weights, sigma=sigma, steps=steps, mask=mask, device=device,
-                                             contrast=contrast, batch_size=batch_size),
+    run_cases("denoise", inputs, shard, dict(weights=weights, sigma=sigma, steps=steps, adapt=adapt, mask=mask,
+                                             device=device, contrast=contrast, batch_size=batch_size),
               process, _record_dir("denoised"), predictor.sha256)
 
 

@@ -328,6 +328,52 @@ class HierarchicalSampler:
             self._report("global", i + 1, len(seq))
         return x
 
+    def condition(self, coarse_x0: torch.Tensor, x_t: torch.Tensor,
+                  mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage-1 result (zero outside the pooled ``mask``) and its upsampling to ``x_t``'s grid: stage 2's input."""
+        coarse_x0 = coarse_x0.to(x_t.device, torch.float32)
+        m = self._mask(mask, x_t)
+        if m is not None:
+            coarse_x0 = coarse_x0 * (downsample(m.float(), self.cfg.coarse_factor) > 0)
+        return coarse_x0, upsample(coarse_x0, x_t.shape[2:])
+
+    @torch.no_grad()
+    def coarse_stage(
+        self,
+        global_model: Callable[..., torch.Tensor],
+        x_t: torch.Tensor,
+        t_start: int,
+        steps: int,
+        class_label: int | torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        start_from_noise: bool = False,
+        coarse_timestep: str = "matched",
+    ) -> torch.Tensor:
+        """Stage 1 alone: the coarse result that :meth:`sample` conditions stage 2 on (same arguments)."""
+        sch = self.schedule
+        f = self.cfg.coarse_factor
+        x_t = x_t.float()
+        t_start = int(t_start)
+        if start_from_noise:
+            t_c = t_start
+            shape = (1, 1, *self.coarse_shape(x_t.shape[2:]))
+            dev = generator.device if generator is not None else self.device
+            xc = torch.randn(shape, generator=generator, device=dev, dtype=torch.float32)
+        elif coarse_timestep == "same":
+            t_c = t_start
+            xc = downsample(x_t, f)
+            top_up = math.sqrt((1.0 - float(sch.alpha_bar(t_start))) * (1.0 - 1.0 / f**3))
+            dev = generator.device if generator is not None else xc.device
+            fresh = torch.randn(xc.shape, generator=generator, device=dev, dtype=torch.float32).to(xc.device)
+            xc = xc + top_up * fresh
+        elif coarse_timestep == "matched":
+            t_c = int(sch.matched_timestep(t_start, f**3))
+            scale = math.sqrt(float(sch.alpha_bar(t_c)) / float(sch.alpha_bar(t_start)))
+            xc = downsample(x_t, f) * scale
+        else:
+            raise ValueError(f"coarse_timestep must be 'matched' or 'same', got {coarse_timestep!r}")
+        return self.sample_coarse(global_model, xc, t_c, int(steps), class_label)
+
     @torch.no_grad()
     def sample(
         self,
@@ -342,6 +388,7 @@ class HierarchicalSampler:
         start_from_noise: bool = False,
         coarse_timestep: str = "matched",
         step_hook: Callable[[torch.Tensor, int, str], torch.Tensor] | None = None,
+        coarse_x0: torch.Tensor | None = None,
     ) -> SampleResult:
         """Run both stages from ``x_t`` (a model-space sample at ``t_start``) to clean data.
 
@@ -362,42 +409,30 @@ class HierarchicalSampler:
         volume after every stage-2 DDIM step (``t_prev = -1`` after the last one) and
         returns the volume to continue from; inpainting uses it to put the known
         voxels back (RePaint-style).
+
+        ``coarse_x0``, if given, is a stage-1 result from an earlier call
+        (``SampleResult.coarse_x0``): stage 1 is skipped and it conditions stage 2.
         """
         self._check_volume(x_t)
         t_start = int(t_start)
         steps = int(steps)
         sch = self.schedule
-        f = self.cfg.coarse_factor
         vol_dev = x_t.device
         x_t = x_t.float()
         m = self._mask(mask, x_t)
 
         # ---- stage 1: coarse
-        if start_from_noise:
-            t_c = t_start
-            shape = (1, 1, *self.coarse_shape(x_t.shape[2:]))
-            dev = generator.device if generator is not None else self.device
-            xc = torch.randn(shape, generator=generator, device=dev, dtype=torch.float32)
-        elif coarse_timestep == "same":
-            t_c = t_start
-            xc = downsample(x_t, f)
-            top_up = math.sqrt((1.0 - float(sch.alpha_bar(t_start))) * (1.0 - 1.0 / f**3))
-            dev = generator.device if generator is not None else xc.device
-            fresh = torch.randn(xc.shape, generator=generator, device=dev, dtype=torch.float32).to(xc.device)
-            xc = xc + top_up * fresh
-        elif coarse_timestep == "matched":
-            t_c = int(sch.matched_timestep(t_start, f**3))
-            scale = math.sqrt(float(sch.alpha_bar(t_c)) / float(sch.alpha_bar(t_start)))
-            xc = downsample(x_t, f) * scale
+        if coarse_x0 is None:
+            coarse_x0 = self.coarse_stage(global_model, x_t, t_start, steps, class_label=class_label,
+                                          generator=generator, start_from_noise=start_from_noise,
+                                          coarse_timestep=coarse_timestep)
         else:
-            raise ValueError(f"coarse_timestep must be 'matched' or 'same', got {coarse_timestep!r}")
-        coarse_x0 = self.sample_coarse(global_model, xc, t_c, steps, class_label)
-        coarse_x0 = coarse_x0.to(vol_dev)
-        if m is not None:
-            coarse_x0 = coarse_x0 * (downsample(m.float(), f) > 0)
+            expect = (1, 1, *self.coarse_shape(x_t.shape[2:]))
+            if tuple(coarse_x0.shape) != expect:
+                raise ValueError(f"coarse_x0 has shape {tuple(coarse_x0.shape)}, expected {expect}")
+        coarse_x0, cond = self.condition(coarse_x0, x_t, m)
 
         # ---- stage 2: full resolution, one DDIM step on the whole volume per timestep
-        cond = upsample(coarse_x0, x_t.shape[2:])
         plan = self.make_plan(x_t.shape[2:], m, vol_dev)
         seq = sch.timesteps(t_start, steps)
         x = x_t.clone()

@@ -20,7 +20,6 @@ distributed rank draws from its own seed, so no two workers repeat a volume.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
