@@ -98,6 +98,26 @@ def test_adaptation_is_reproducible_and_zero_iterations_is_an_exact_copy(setting
         torch.testing.assert_close(z.state_dict()[k], v, rtol=0, atol=0)
     with pytest.raises(ValueError, match="alpha"):
         adapt_patch_model(net, noisy, mask, cond, sigma, sch, (16, 16, 16), AdaptConfig(alpha=0))
+    with pytest.raises(ValueError, match="batch"):
+        adapt_patch_model(net, noisy, mask, cond, sigma, sch, (16, 16, 16), AdaptConfig(batch=0))
+    # nothing to learn from: no noise, or no brain
+    for s_, m_ in ((0.0, mask), (sigma, np.zeros_like(mask))):
+        same, ls = adapt_patch_model(net, noisy, m_, cond, s_, sch, (16, 16, 16), AdaptConfig(iterations=5))
+        assert ls == [] and all(torch.equal(v, net.state_dict()[k]) for k, v in same.state_dict().items())
+
+
+def test_adaptation_draws_its_recorruption_from_the_given_noise_fields(setting):
+    cfg, sch, net, clean, noisy, mask, sigma = setting
+    cond = torch.zeros_like(clean)
+    conf = AdaptConfig(iterations=2, batch=2, lr=1e-3)
+    shape = tuple(clean.shape[2:])
+    with pytest.raises(ValueError, match="model shape"):
+        adapt_patch_model(net, noisy, mask, cond, sigma, sch, (16, 16, 16), conf, noise_fields=[np.zeros((4, 4, 4))])
+    # zero fields: no recorruption at all, so y1 = y2 = y and the loss is the plain x0 error on the scan
+    _, zero = adapt_patch_model(net, noisy, mask, cond, sigma, sch, (16, 16, 16), conf,
+                                noise_fields=[np.zeros(shape, np.float32)])
+    _, white = adapt_patch_model(net, noisy, mask, cond, sigma, sch, (16, 16, 16), conf)
+    assert zero[0] < white[0], (zero, white)  # the target noise (sigma / alpha) dominates the white loss
 
 
 def test_sampler_reuses_a_given_coarse_result():

@@ -350,6 +350,7 @@ class HierarchicalSampler:
         coarse_timestep: str = "matched",
     ) -> torch.Tensor:
         """Stage 1 alone: the coarse result that :meth:`sample` conditions stage 2 on (same arguments)."""
+        self._check_volume(x_t)
         sch = self.schedule
         f = self.cfg.coarse_factor
         x_t = x_t.float()

@@ -220,12 +220,20 @@ class Preprocessor:
         return Preprocessed(image=image, mask=model_mask, record=record)
 
     def to_model(self, array: np.ndarray, record: PreprocessRecord, kind: str = "mask") -> np.ndarray:
-        """Map another array on the original grid (a lesion mask, a region) into model space."""
+        """Map another array on the original grid into model space.
+
+        ``kind``: ``mask`` (a lesion mask, a region: linear, then > 0.5), ``map``
+        (linear, values kept) or ``field`` (the image's own interpolation, values
+        kept, no intensity normalisation: e.g. a noise field that must be
+        resampled exactly as the image's noise was).
+        """
+        if kind not in ("mask", "map", "field"):
+            raise ValueError(f"kind must be mask, map or field, got {kind!r}")
         if tuple(array.shape) != tuple(record.original_shape):
             raise InputError(f"array shape {array.shape} differs from the image shape {record.original_shape}")
+        interp = record.config.get("interpolation", "linear") if kind == "field" else "linear"
         can, can_aff = to_ras(np.asarray(array, np.float32), np.asarray(record.original_affine))
-        res = resample_to_grid(can, can_aff, record.resampled_shape, np.asarray(record.resampled_affine),
-                               "linear")
+        res = resample_to_grid(can, can_aff, record.resampled_shape, np.asarray(record.resampled_affine), interp)
         out = crop_pad(res, record.box, record.pads)
         return (out > 0.5) if kind == "mask" else out.astype(np.float32)
 

@@ -15,15 +15,24 @@ regressed on ``y2`` has the clean image as its optimum (Pang et al.,
 scan itself are enough; the adapted copy then denoises that scan and is
 dropped, so a :class:`~medhdiff.tasks.Predictor` stays unchanged between scans.
 
-Magnitude (Rician) noise is close to Gaussian wherever the signal is a few
-sigma above zero, which is most of the brain.
+The recorruption must have the same covariance as the scan's noise. White
+noise on the scan's own grid is no longer white once the scan is resampled to
+the model's grid (e.g. 1 x 1 x 5 mm to 1 mm), so the noise is drawn on the
+scan's grid and pushed through the very same resampling (``noise_fields``);
+without them it is drawn white on the model grid, which is exact only when
+no resampling happened. Magnitude (Rician) noise is close to Gaussian wherever
+the signal is a few sigma above zero, which is most of the brain.
+
+On CUDA the convolution backward pass is not bit-reproducible, so adapted
+weights (and results) can differ in the last digits between runs; on the CPU
+they are reproducible for a seed.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,7 +54,7 @@ class AdaptConfig:
     carries noise ``sigma / alpha``).
     """
 
-    iterations: int = 30
+    iterations: int = 20
     batch: int = 4
     lr: float = 1e-4
     alpha: float = 0.5
@@ -68,6 +77,7 @@ def adapt_patch_model(
     schedule: NoiseSchedule,
     roi: tuple[int, ...],
     config: AdaptConfig,
+    noise_fields: Sequence[np.ndarray] | None = None,
     class_label: int | None = None,
     device: torch.device | str = "cpu",
     amp_dtype: torch.dtype | None = None,
@@ -77,13 +87,19 @@ def adapt_patch_model(
 
     ``image``: the noisy scan in model space, ``(1, 1, X, Y, Z)``; ``mask``:
     its brain mask ``(X, Y, Z)``; ``cond``: the stage-1 result upsampled to
-    the same grid; ``sigma``: the noise level in model-space units. The loss
-    is the squared error inside the brain.
+    the same grid; ``sigma``: the noise level in model-space units.
+    ``noise_fields``: unit-variance noise volumes on the model grid, drawn on
+    the scan's own grid and resampled like the scan (each window takes one at
+    random, with a random sign); ``None``: white noise. The recorruption is
+    zero outside ``mask``, as the scan is. The loss is the squared error inside
+    the brain.
     """
     if config.iterations < 0:
         raise ValueError("iterations must be >= 0")
     if config.alpha <= 0:
         raise ValueError("alpha must be > 0")
+    if config.batch < 1 or not config.lr > 0:
+        raise ValueError("batch must be >= 1 and lr > 0")
     device = torch.device(device)
     model = copy.deepcopy(patch_model).to(device)
     if config.iterations == 0 or sigma <= 0 or not mask.any():
@@ -97,6 +113,9 @@ def adapt_patch_model(
     img = image[0, 0].float().cpu()
     cnd = cond[0, 0].float().cpu()
     msk = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))
+    fields = [torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32)) for f in (noise_fields or [])]
+    if any(tuple(f.shape) != shape for f in fields):
+        raise ValueError(f"noise fields must have the model shape {shape}")
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     tvec = torch.full((config.batch,), t_in, dtype=torch.long, device=device)
     labels = None if class_label is None else torch.full((config.batch,), int(class_label), dtype=torch.long, device=device)
@@ -107,11 +126,17 @@ def adapt_patch_model(
         starts = _window_starts(mask, roi, config.batch, rng)
         sl = [tuple(slice(a, a + r) for a, r in zip(st, roi)) for st in starts]
         y = torch.stack([img[s] for s in sl])[:, None]
-        z = torch.randn(y.shape, generator=gen)
+        m = torch.stack([msk[s] for s in sl])[:, None]
+        if fields:
+            pick = torch.randint(len(fields), (len(sl),), generator=gen).tolist()
+            sign = torch.randint(2, (len(sl),), generator=gen) * 2.0 - 1.0
+            z = torch.stack([fields[k][s] for k, s in zip(pick, sl)])[:, None] * sign.reshape(-1, 1, 1, 1, 1)
+        else:
+            z = torch.randn(y.shape, generator=gen)
+        z = z * m
         y1 = (y + config.alpha * sigma * z) * scale
         y2 = y - sigma / config.alpha * z
         c = torch.stack([cnd[s] for s in sl])[:, None]
-        m = torch.stack([msk[s] for s in sl])[:, None]
         coords = torch.stack([patch_coordinates(shape, st, roi) for st in starts])
         y1, y2, c, m, coords = (v.to(device) for v in (y1, y2, c, m, coords))
         if autocast is not None:

@@ -133,7 +133,7 @@ class Predictor:
         ``benchmarks/bench_denoise.py`` at twice the time.
 
         ``adapt``: optimiser steps of test-time adaptation (or an
-        :class:`~medhdiff.tasks.adapt.AdaptConfig`): a copy of the patch network
+        :class:`~medhdiff.tasks.adapt.AdaptConfig`, whose own seed is then used): a copy of the patch network
         is first fitted to this scan's own noise (recorrupted-to-recorrupted,
         self-supervised), then it denoises the scan. The loaded model is not changed.
         The default, 20 steps, scored 0.5-1.5 dB above no adaptation on every real-scan
@@ -162,7 +162,9 @@ class Predictor:
         t = int(self.schedule.timestep_for_sigma(sigma_norm))
         y = self._tensor(prep.image)
         m = self._tensor(prep.mask.astype(np.float32))
-        cfg = adapt if isinstance(adapt, AdaptConfig) else AdaptConfig(iterations=int(adapt), seed=int(seed))
+        # windows per adaptation step follow --batch-size, the user's memory knob
+        cfg = adapt if isinstance(adapt, AdaptConfig) else AdaptConfig(
+            iterations=int(adapt), seed=int(seed), batch=min(AdaptConfig.batch, self.sampler.batch_size))
         if cfg.iterations < 0:
             raise InputError("--adapt must be >= 0")
         losses: list[float] = []
@@ -174,10 +176,14 @@ class Predictor:
             if cfg.iterations > 0:
                 coarse = self.sampler.coarse_stage(self.bundle.global_model, x_t, t, steps, class_label=label)
                 _, cond = self.sampler.condition(coarse, x_t, m)
+                # recorruption noise: white on the scan's grid, resampled as the scan's own noise was
+                rng = np.random.default_rng(cfg.seed)
+                fields = [self.preprocessor.to_model(rng.standard_normal(volume.shape, dtype=np.float32), prep.record,
+                                                     kind="field") for _ in range(min(4, cfg.iterations))]
                 patch_model, losses = adapt_patch_model(
                     self.bundle.patch_model, y, prep.mask, cond, sigma_norm, self.schedule, tuple(self.cfg.patch_size),
-                    cfg, class_label=label, device=self.device, amp_dtype=self.sampler.amp_dtype,
-                    progress=self.sampler.progress)
+                    cfg, noise_fields=fields, class_label=label, device=self.device,
+                    amp_dtype=self.sampler.amp_dtype, progress=self.sampler.progress)
             res = self.sampler.sample(self.bundle.global_model, patch_model, x_t, t, steps,
                                       mask=m, class_label=label, coarse_x0=coarse)
             out = res.x0[0, 0].cpu().numpy()
