@@ -186,7 +186,7 @@ def to_model_space(raw: RawVolume, cfg: TrainConfig, preprocessor: Preprocessor)
     target = None
     if raw.healthy is not None:
         # the same grid and the same intensity scale as the lesioned input (fitted on it, as at inference)
-        healthy = normalize(preprocessor.to_model(raw.healthy.astype(np.float32), pre.record, kind="image"),
+        healthy = normalize(preprocessor.to_model(raw.healthy.astype(np.float32), pre.record, kind="field"),
                             pre.record.norm)
         if pre.record.config.get("zero_outside_mask", True):
             healthy = np.where(pre.mask, healthy, 0.0)
