@@ -101,6 +101,11 @@ def levers_section(lv: dict) -> list[str]:
                       ["input", "steps", "PSNR", "SSIM", "seconds (sum)"],
                       [f"| {r['input']} | {r['steps']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['seconds']:.0f} |"
                        for r in lv["tta"]])
+    if lv.get("thick"):
+        out += _table("Denoising: test-time adaptation on a thick-slice scan (TCGA-DU-7294 T2 at 1 x 1 x 3 mm)",
+                      ["input", "method", "PSNR", "SSIM", "seconds"],
+                      [f"| {r['input']} | {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['seconds']:.0f} |"
+                       for r in lv["thick"]])
     models = lv.get("models", {})
     if models:
         out += _table("Candidate models", ["model", "sha256", "description", "steps (global / patch)", "started from"],
