@@ -30,6 +30,7 @@ they are reproducible for a seed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Sequence
@@ -119,7 +120,8 @@ def adapt_patch_model(
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     tvec = torch.full((config.batch,), t_in, dtype=torch.long, device=device)
     labels = None if class_label is None else torch.full((config.batch,), int(class_label), dtype=torch.long, device=device)
-    autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None else None)
+    autocast = (lambda: torch.autocast(device_type=device.type, dtype=amp_dtype)) if amp_dtype is not None \
+        else contextlib.nullcontext
     model.train()
     losses = []
     for it in range(config.iterations):
@@ -139,10 +141,7 @@ def adapt_patch_model(
         c = torch.stack([cnd[s] for s in sl])[:, None]
         coords = torch.stack([patch_coordinates(shape, st, roi) for st in starts])
         y1, y2, c, m, coords = (v.to(device) for v in (y1, y2, c, m, coords))
-        if autocast is not None:
-            with autocast:
-                out = model(y1, tvec, cond=c, coords=coords, class_labels=labels)
-        else:
+        with autocast():
             out = model(y1, tvec, cond=c, coords=coords, class_labels=labels)
         x0 = schedule.predict_x0(y1, out.float(), t_in)
         loss = ((x0 - y2) ** 2 * m).sum() / m.sum().clamp(min=1.0)

@@ -195,10 +195,7 @@ class StageTrainer:
         heal = (t >= self.cfg.data.heal_min_t) & ((healthy - x0).flatten(1).abs().amax(1) > 0)
         if not bool(heal.any()):
             return target
-        sch = self.schedule
-        ab = sch.alpha_bar(t)
-        eps_healthy = (x_t - sch._bcast(ab.sqrt(), x_t) * healthy) / sch._bcast((1 - ab).sqrt(), x_t)
-        healed = sch.target(healthy, eps_healthy, t)
+        healed = self.schedule.output_for_x0(x_t, healthy, t)
         return torch.where(heal.view(-1, *([1] * (x_t.dim() - 1))), healed, target)
 
     @torch.no_grad()
