@@ -169,7 +169,7 @@ def main() -> None:
     if det:
         out += ["## Detection (TCGA-DU-7294 against seg_consensus > 0, inside the brain)", "",
                 f"Reconstruction coarse stage: `{det.get('coarse_timestep')}`; calibration: "
-                f"`{json.dumps({k: v for k, v in det.get('calibration', {}).items() if k != 'healthy_fp_ml_before_filter'})}`", "",
+                f"`{json.dumps({k: v for k, v in det.get('calibration', {}).items() if not k.startswith('healthy_fp_ml')})}`", "",
                 "| contrast | method | Dice @auto | best Dice | AUPRC | AUROC | found / reference mL | seconds | peak RSS GB |",
                 "|---|---|---|---|---|---|---|---|---|"]
         for r in det.get("tumour", []):

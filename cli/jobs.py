@@ -16,6 +16,8 @@ from medhdiff_cli.batch import CaseOutcome, check_outputs, resolve_output, run_c
 from medhdiff_cli.common import handle_errors
 
 WEIGHTS = typer.Option(None, "--weights", "-w", help="Model folder or model.safetensors (default: the bundled model).")
+DETECT_WEIGHTS = typer.Option(None, "--weights", "-w", help="Model folder or model.safetensors (default: the bundled "
+                              "detection model).")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 THREADS = typer.Option(None, "--threads", help="CPU threads (default: all).")
 BATCH = typer.Option(4, "--batch-size", help="Windows per network call; lower it if memory runs out.")
@@ -28,13 +30,13 @@ BRAIN_MASK = typer.Option(None, "--brain-mask", help="Brain mask file (default: 
 MAX_MEM = typer.Option(None, "--max-memory", help="Refuse volumes needing more than this many GB.")
 
 
-def _predictor(weights, device, batch_size, threads):
+def _predictor(weights, device, batch_size, threads, model: str = "default"):
     from medhdiff.tasks import Predictor
 
     set_threads(threads)
     if batch_size < 1:
         raise InputError("--batch-size must be >= 1")
-    return Predictor(weights, device=device, batch_size=batch_size)
+    return Predictor(weights, device=device, batch_size=batch_size, model=model)
 
 
 def _load_mask(mask: Path | None, max_memory):
@@ -168,7 +170,7 @@ def detect(
     map_out: Path | None = typer.Option(None, "--map", help="Anomaly map file or folder (default: next to the mask)."),
     report: Path | None = typer.Option(None, "--report", help="JSON report file or folder (default: next to the mask)."),
     png: Path | None = typer.Option(None, "--png", help="PNG overlay file or folder (three slices through the largest finding)."),
-    weights: Path | None = WEIGHTS,
+    weights: Path | None = DETECT_WEIGHTS,
     threshold: str = typer.Option("auto", "--threshold", help="auto (calibrated on healthy scans) or a score value."),
     ensemble: int | None = typer.Option(None, "--ensemble", help="Reconstructions per scan (default: the model's calibrated setting)."),
     steps: int | None = typer.Option(None, "--steps", help="Sampling steps per reconstruction (default: the model's)."),
@@ -197,7 +199,7 @@ def detect(
         raise InputError("give either INPUT files or --t1/--t2/--flair for one subject, not both")
     if not multi and not inputs:
         raise InputError("no input: give scans, or --t1/--t2/--flair for one subject")
-    predictor = _predictor(weights, device, batch_size, threads)
+    predictor = _predictor(weights, device, batch_size, threads, model="detector")
     if ensemble is not None and ensemble < 1:
         raise InputError("--ensemble must be >= 1")
     mask_vol = _load_mask(mask, max_memory)

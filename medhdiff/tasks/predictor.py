@@ -38,21 +38,35 @@ ProgressFn = Callable[[str, int, int], None]
 BRIGHT_LESION_CONTRASTS = ("t2", "flair")
 
 
-def default_weights() -> Path | None:
-    """The model shipped inside the package, if this installation has one."""
-    try:
-        folder = resources.files("medhdiff") / "models" / "default"
-    except (ModuleNotFoundError, FileNotFoundError):
-        return None
-    path = Path(str(folder))
-    return path if (path / "model.safetensors").is_file() else None
+#: The bundled models: ``default`` (denoise, reconstruct) and ``detector`` (detect).
+BUNDLED_MODELS = ("default", "detector")
+
+
+def default_weights(task: str = "default") -> Path | None:
+    """A model shipped inside the package, if this installation has one.
+
+    ``task="detector"`` is the detection model (the default model's patch stage
+    fine-tuned to heal lesions); where it is missing, the default model serves.
+    """
+    if task not in BUNDLED_MODELS:
+        raise ValueError(f"task must be one of {BUNDLED_MODELS}, got {task!r}")
+    for name in dict.fromkeys((task, "default")):
+        try:
+            folder = resources.files("medhdiff") / "models" / name
+        except (ModuleNotFoundError, FileNotFoundError):
+            return None
+        path = Path(str(folder))
+        if (path / "model.safetensors").is_file():
+            return path
+    return None
 
 
 class Predictor:
     """A loaded model plus its preprocessing, sampler and device.
 
     ``weights``: a model folder, a ``model.safetensors`` path, or ``None``
-    for the bundled default model. ``batch_size`` is the number of windows
+    for a bundled model: ``model="default"`` or ``"detector"`` (see
+    :func:`default_weights`). ``batch_size`` is the number of windows
     per network call (memory), ``progress(stage, step, total)`` is called
     during sampling. ``coarse_timestep`` is how reconstruction and detection
     start the coarse stage (see :meth:`HierarchicalSampler.sample`): ``"matched"``
@@ -65,13 +79,13 @@ class Predictor:
 
     def __init__(self, weights: str | Path | None = None, device: str = "auto", batch_size: int = 4,
                  progress: ProgressFn | None = None, bundle: ModelBundle | None = None,
-                 coarse_timestep: str = "matched"):
+                 coarse_timestep: str = "matched", model: str = "default"):
         if coarse_timestep not in ("same", "matched"):
             raise InputError(f"coarse_timestep must be 'same' or 'matched', got {coarse_timestep!r}")
         self.coarse_timestep = coarse_timestep
         self.device = resolve_device(device)
         if bundle is None:
-            path = Path(weights) if weights is not None else default_weights()
+            path = Path(weights) if weights is not None else default_weights(model)
             if path is None:
                 raise InputError("no default model is installed; pass --weights MODEL_DIR")
             bundle = load_bundle(path, device=self.device)

@@ -1,6 +1,6 @@
 """Training of the hierarchical model: configs, datasets, checkpoints, the loop."""
 
-from medhdiff.training.config import DataConfig, OptimConfig, TrainConfig, load_config
+from medhdiff.training.config import DataConfig, DetectConfig, OptimConfig, TrainConfig, load_config
 from medhdiff.training.run import run_training
 
-__all__ = ["DataConfig", "OptimConfig", "TrainConfig", "load_config", "run_training"]
+__all__ = ["DataConfig", "DetectConfig", "OptimConfig", "TrainConfig", "load_config", "run_training"]

@@ -1,10 +1,13 @@
-"""Calibrating the detection threshold on healthy validation volumes, at training time.
+"""Calibrating detection on held-out synthetic volumes, after training.
 
 For each contrast the model knows, healthy synthetic brains (seeds that
 training never draws) go through exactly the scoring that ``medhdiff detect``
 uses; the threshold is a high percentile of their in-brain scores, so that a
-healthy scan yields only a small false-positive volume. It is stored in
-``model.json`` under ``calibration`` and used by ``--threshold auto``.
+healthy scan yields only a small false-positive volume. With
+``detect.lesion_volumes > 0``, synthetic brains with an injected tumour are
+scored too, and where the threshold of best Dice on them (pooled) is higher,
+it is used instead. The settings and thresholds are stored in ``model.json``
+under ``calibration``; ``--threshold auto`` reads them.
 """
 
 from __future__ import annotations
@@ -18,50 +21,86 @@ from scipy import ndimage
 
 from medhdiff.diffusion.bundle import update_bundle_meta
 from medhdiff.io import Volume
-from medhdiff.training.config import TrainConfig
+from medhdiff.training.config import DetectConfig, TrainConfig
 
 log = logging.getLogger("medhdiff")
 
-DEFAULTS = {"percentile": 99.95, "ensemble": 2, "steps": 2, "strengths": [0.3, 0.4, 0.5], "min_volume_ml": 0.2}
+#: Lesion sizes of the calibration tumours (mL).
+LESION_ML = (5.0, 60.0)
 
 
 def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.device | str = "cpu",
-                        volumes_per_contrast: int = 2, percentile: float = DEFAULTS["percentile"],
-                        ensemble: int = DEFAULTS["ensemble"], steps: int = DEFAULTS["steps"],
-                        strengths: list[float] | None = None, seed: int = 900_000) -> dict:
+                        detect: DetectConfig | None = None, seed: int = 900_000) -> dict:
+    from medhdiff.metrics import best_dice
+    from medhdiff.synth import LesionInjector
+    from medhdiff.synth import labels as synth_labels
     from medhdiff.synth.builtin import load_builtin_labelmap
     from medhdiff.synth.generator import HealthyBrainGenerator
     from medhdiff.tasks.predictor import BRIGHT_LESION_CONTRASTS, Predictor
 
-    strengths = list(strengths or DEFAULTS["strengths"])
+    d = detect or cfg.detect
     dev = torch.device(device)
     predictor = Predictor(model_dir, device=dev.type if dev.type == "cpu" else str(dev),
                           batch_size=32 if dev.type == "cuda" else 4)
     labels, affine = load_builtin_labelmap()
     spacing = cfg.preprocess.spacing[0] if cfg.preprocess.spacing else 1.0
-    thresholds, fp_ml = {}, {}
+
+    def score(image: np.ndarray, aff: np.ndarray, brain: np.ndarray, label, polarity: str, s: int):
+        """Model-space score (exactly as ``detect`` computes it), the scored region, the preprocessing."""
+        prep = predictor.prepare(Volume(image, aff), mask=brain)
+        sc, _ = predictor.anomaly_map(prep, label=label, polarity=polarity, ensemble=d.ensemble,
+                                      strengths=d.strengths, steps=d.steps, seed=s)
+        return sc, ndimage.binary_erosion(prep.mask, iterations=2), prep
+
+    thresholds, fp_ml, lesion_dice = {}, {}, {}
+    voxel_ml = spacing ** 3 / 1000.0
     for contrast in cfg.data.contrasts:
         gen = HealthyBrainGenerator(contrast=contrast, spacing=spacing, noise_range=cfg.data.noise_range)
         label = predictor.class_label(contrast)
         polarity = "bright" if contrast in BRIGHT_LESION_CONTRASTS else "both"
         pooled = []
-        for i in range(volumes_per_contrast):
+        for i in range(d.healthy_volumes):
             res = gen.generate(labels, affine, seed=seed + i)
-            prep = predictor.prepare(Volume(res.image, res.affine), mask=res.brain_mask > 0)
-            score, _ = predictor.anomaly_map(prep, label=label, polarity=polarity, ensemble=ensemble,
-                                             strengths=tuple(strengths), steps=steps, seed=seed + i)
-            inner = ndimage.binary_erosion(prep.mask, iterations=2)
-            pooled.append(score[inner])
+            sc, inner, _ = score(res.image, res.affine, res.brain_mask > 0, label, polarity, seed + i)
+            pooled.append(sc[inner])
         values = np.concatenate(pooled)
-        thr = float(np.percentile(values, percentile))
+        thr = float(np.percentile(values, d.percentile))
+        fp_ml[contrast] = round(float((values > thr).sum()) * voxel_ml / d.healthy_volumes, 3)
+        if d.lesion_volumes:
+            scores, refs = [], []
+            s = seed + 500
+            while len(scores) < d.lesion_volumes:
+                s += 1
+                res = gen.generate(labels, affine, seed=s)
+                brain = res.brain_mask > 0
+                try:
+                    image, lesion, _ = LesionInjector(kind="tumor", volume_ml=LESION_ML).inject(
+                        res.image, brain, res.affine, contrast, seed=s,
+                        wm_mask=synth_labels.class_mask(res.labels, "wm"))
+                except ValueError:  # no room for this draw's tumour: the next seed
+                    if s > seed + 600:
+                        raise
+                    continue
+                sc, inner, prep = score(image, res.affine, brain, label, polarity, s)
+                ref = predictor.preprocessor.to_model(lesion.astype(np.float32), prep.record, kind="mask") > 0
+                scores.append(sc[inner])
+                refs.append(ref[inner])
+            best, thr_dice = best_dice(np.concatenate(scores), np.concatenate(refs))
+            lesion_dice[contrast] = {"best_dice": round(float(best), 4), "threshold": float(thr_dice)}
+            if thr_dice > thr:
+                thr = float(thr_dice)
         thresholds[contrast] = thr
-        voxel_ml = float(np.prod(prep.record.model_spacing)) / 1000.0
-        fp_ml[contrast] = round(float((values > thr).sum()) * voxel_ml / volumes_per_contrast, 3)
-        log.info("calibration %s: threshold %.5f (%.2f percentile), healthy false positives %.2f mL before "
-                 "the component-size filter", contrast, thr, percentile, fp_ml[contrast])
-    calibration = {"threshold": thresholds, "percentile": percentile, "ensemble": ensemble, "steps": steps,
-                   "strengths": strengths, "min_volume_ml": DEFAULTS["min_volume_ml"],
-                   "healthy_fp_ml_before_filter": fp_ml, "volumes_per_contrast": volumes_per_contrast,
+        log.info("calibration %s: threshold %.5f, healthy false positives %.2f mL before the component-size filter%s",
+                 contrast, thr, fp_ml[contrast],
+                 f", synthetic-tumour best Dice {lesion_dice[contrast]['best_dice']:.3f}" if contrast in lesion_dice
+                 else "")
+    calibration = {"threshold": thresholds, "percentile": d.percentile, "ensemble": d.ensemble, "steps": d.steps,
+                   "strengths": list(d.strengths), "min_volume_ml": d.min_volume_ml,
+                   "healthy_fp_ml_at_percentile": fp_ml, "volumes_per_contrast": d.healthy_volumes,
                    "source": "synthetic healthy brains from the built-in label map, held-out seeds"}
+    if lesion_dice:
+        calibration.update(lesion_volumes=d.lesion_volumes, synthetic_tumour=lesion_dice,
+                           source=calibration["source"] + "; threshold raised to the best-Dice one on as many "
+                                                          "held-out synthetic tumours where that was higher")
     update_bundle_meta(model_dir, calibration=calibration)
     return calibration

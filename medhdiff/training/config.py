@@ -44,6 +44,9 @@ class DataConfig:
     at timesteps ``t >= heal_min_t`` the networks learn to predict the healthy
     brain from the noised lesioned one (pseudo-healthy reconstruction), below
     it they denoise the lesion as it is (denoising must keep pathology).
+    ``heal_context_healthy`` is the share of healing volumes whose patch windows
+    see the healthy coarse brain as their context (what a healing global stage
+    returns); the rest see the lesioned one and must heal from the window alone.
     """
 
     source: str = "synthetic"
@@ -61,13 +64,16 @@ class DataConfig:
     heal_fraction: float = 0.0
     heal_min_t: int = 250
     heal_volume_ml: tuple[float, float] = (1.0, 60.0)
+    heal_context_healthy: float = 0.5
 
     def __post_init__(self) -> None:
         self.heal_fraction = float(self.heal_fraction)
         self.heal_min_t = int(self.heal_min_t)
         self.heal_volume_ml = tuple(float(v) for v in self.heal_volume_ml)  # type: ignore[assignment]
-        if not 0.0 <= self.heal_fraction <= 1.0:
-            raise InputError("data.heal_fraction must be in [0, 1]")
+        self.heal_context_healthy = float(self.heal_context_healthy)
+        for name in ("heal_fraction", "heal_context_healthy"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InputError(f"data.{name} must be in [0, 1]")
         if self.heal_min_t < 1:
             raise InputError("data.heal_min_t must be >= 1")
         if len(self.heal_volume_ml) != 2 or not 0 < self.heal_volume_ml[0] <= self.heal_volume_ml[1]:
@@ -126,11 +132,45 @@ class OptimConfig:
 
 
 @dataclass
+class DetectConfig:
+    """How ``medhdiff detect`` scores scans with this model; calibrated after training.
+
+    Each reconstruction noises the scan to one of ``strengths`` (a fraction of
+    the schedule) and denoises it in ``steps``; ``ensemble`` reconstructions are
+    pooled. The threshold is the ``percentile`` of the in-brain scores of
+    ``healthy_volumes`` held-out synthetic healthy brains per contrast; with
+    ``lesion_volumes > 0`` it is raised, where that helps, to the threshold of
+    best Dice on as many held-out synthetic brains with an injected tumour.
+    """
+
+    strengths: tuple[float, ...] = (0.3, 0.4, 0.5)
+    steps: int = 2
+    ensemble: int = 2
+    percentile: float = 99.95
+    healthy_volumes: int = 2
+    lesion_volumes: int = 0
+    min_volume_ml: float = 0.2
+
+    def __post_init__(self) -> None:
+        self.strengths = tuple(float(v) for v in self.strengths)
+        for name in ("steps", "ensemble", "healthy_volumes", "lesion_volumes"):
+            setattr(self, name, int(getattr(self, name)))
+        self.percentile, self.min_volume_ml = float(self.percentile), float(self.min_volume_ml)
+        if not self.strengths or not all(0.0 < v <= 1.0 for v in self.strengths):
+            raise InputError("detect.strengths needs values in (0, 1]")
+        if self.steps < 1 or self.ensemble < 1 or self.healthy_volumes < 1 or self.lesion_volumes < 0:
+            raise InputError("detect: steps, ensemble and healthy_volumes must be >= 1, lesion_volumes >= 0")
+        if not 50.0 <= self.percentile < 100.0:
+            raise InputError("detect.percentile must be in [50, 100)")
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
     description: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,9 +187,11 @@ class TrainConfig:
             raise InputError(f"{where}: {exc}") from None
         _check(DataConfig, d.get("data", {}), f"{where}: data")
         _check(OptimConfig, d.get("optim", {}), f"{where}: optim")
+        _check(DetectConfig, d.get("detect", {}), f"{where}: detect")
         try:
             data = DataConfig(**d.get("data", {}))
             optim = OptimConfig(**d.get("optim", {}))
+            detect = DetectConfig(**(d.get("detect", {}) or {}))
         except (TypeError, ValueError, OverflowError) as exc:
             raise InputError(f"{where}: {exc}") from None
         if pre.pad_multiple % model.volume_multiple:
@@ -158,7 +200,8 @@ class TrainConfig:
         unknown = set(data.contrasts) - set(model.contrasts)
         if unknown:
             raise InputError(f"{where}: data.contrasts {sorted(unknown)} are not in model.contrasts")
-        return cls(model=model, preprocess=pre, data=data, optim=optim, description=str(d.get("description", "")))
+        return cls(model=model, preprocess=pre, data=data, optim=optim, detect=detect,
+                   description=str(d.get("description", "")))
 
 
 def load_config(path: str | Path) -> TrainConfig:

@@ -296,9 +296,9 @@ class PatchDataset(_StreamBase):
             brain = fit_shape(vol.brain, image.shape[1:])
             target = image if vol.target is None else fit_shape(vol.target, image.shape[1:])
             full_shape = tuple(image.shape[1:])
-            # A healing item's context is the healthy coarse brain (what a healing global stage returns) or,
-            # half of the time, the lesioned one, so that the patch stage also heals where the context did not.
-            healthy_context = vol.target is not None and rng.random() < 0.5
+            # A healing item's context is the healthy coarse brain (what a healing global stage returns) or
+            # the lesioned one, so that the patch stage also heals where the context did not.
+            healthy_context = vol.target is not None and rng.random() < cfg.data.heal_context_healthy
             coarse = downsample((target if healthy_context else image)[None], f)[0]
             cond_full = upsample(augment_condition(coarse, rng, cfg.data.cond_noise, cfg.data.cond_blur)[None],
                                  full_shape)[0]

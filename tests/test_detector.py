@@ -1,0 +1,101 @@
+"""The detection model: which bundle `detect` loads, its settings (``detect`` section) and its calibration
+on held-out synthetic healthy and tumour volumes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medhdiff.diffusion.bundle import load_bundle
+from medhdiff.errors import InputError
+from medhdiff.tasks import Predictor, default_weights
+from medhdiff.training import DetectConfig, load_config
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+def test_detect_loads_the_detection_bundle_and_denoise_the_default_one():
+    default, detector = default_weights(), default_weights("detector")
+    assert default is not None and default.name == "default"
+    if detector is None or detector.name != "detector":
+        pytest.skip("this installation ships no detection model")
+    meta = json.loads((detector / "model.json").read_text())
+    cal = meta["calibration"]
+    assert set(cal["threshold"]) == {"t1", "t2", "flair"}
+    assert cal["steps"] >= 1 and cal["ensemble"] >= 1 and all(0 < s <= 1 for s in cal["strengths"])
+    # the detection model was fine-tuned from the shipped default model, whose global stage it keeps
+    assert meta["training"]["init_weights_sha256"] == load_bundle(default).sha256
+    from medhdiff_cli.jobs import _predictor
+
+    assert _predictor(None, "cpu", 4, None, model="detector").sha256 == load_bundle(detector).sha256
+    assert _predictor(None, "cpu", 4, None).sha256 == load_bundle(default).sha256
+
+
+def test_a_missing_detection_bundle_falls_back_to_the_default_model(tmp_path, monkeypatch):
+    from medhdiff.tasks import predictor as predictor_module
+
+    (tmp_path / "models" / "default").mkdir(parents=True)
+    (tmp_path / "models" / "default" / "model.safetensors").write_bytes(b"")
+    monkeypatch.setattr(predictor_module.resources, "files", lambda package: tmp_path)
+    assert predictor_module.default_weights("detector") == tmp_path / "models" / "default"
+    with pytest.raises(ValueError, match="task"):
+        predictor_module.default_weights("segment")
+
+
+@pytest.mark.parametrize("key, value", [("strengths", [0.0]), ("strengths", []), ("steps", 0), ("ensemble", 0),
+                                        ("percentile", 100), ("lesion_volumes", -1), ("threshold", 0.3)])
+def test_detect_settings_are_validated(tmp_path, key, value):
+    doc = yaml.safe_load(TINY.read_text())
+    doc["detect"] = {key: value}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(InputError, match=key if key != "threshold" else "detect"):
+        load_config(path)
+
+
+def test_the_shipped_detector_config_parses_with_its_settings():
+    cfg = load_config(REPO / "configs" / "detector.yaml")
+    assert cfg.data.heal_context_healthy == 0.0 and cfg.data.heal_fraction > 0
+    assert cfg.detect.steps == 1 and cfg.detect.lesion_volumes > 0
+    assert load_config(TINY).detect == DetectConfig()  # a config without the section keeps the defaults
+
+
+def test_calibration_on_synthetic_tumours_stores_its_settings_and_never_lowers_the_threshold(model_dir, tmp_path):
+    from medhdiff.training.calibrate import calibrate_detection
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    cfg = load_config(TINY)
+    cfg.data.contrasts = ("t2",)
+    healthy_only = calibrate_detection(model, cfg, detect=DetectConfig(strengths=(0.2,), steps=1, ensemble=1,
+                                                                       healthy_volumes=1))
+    assert "synthetic_tumour" not in healthy_only
+    cal = calibrate_detection(model, cfg, detect=DetectConfig(strengths=(0.2,), steps=1, ensemble=1,
+                                                              healthy_volumes=1, lesion_volumes=1))
+    assert cal["strengths"] == [0.2] and cal["steps"] == 1 and cal["ensemble"] == 1
+    tumour = cal["synthetic_tumour"]["t2"]
+    assert 0.0 < tumour["best_dice"] <= 1.0
+    # the same seeds give the same healthy percentile, so the stored threshold is the larger of the two
+    assert cal["threshold"]["t2"] == pytest.approx(max(healthy_only["threshold"]["t2"], tumour["threshold"]))
+    stored = json.loads((model / "model.json").read_text())["calibration"]
+    assert stored["threshold"] == cal["threshold"]
+    # detect reads the stored settings
+    res = Predictor(model, device="cpu").detect(_tiny_scan(), contrast="t2")
+    assert res.report["strengths"] == [0.2] and res.report["steps"] == 1
+    assert res.report["threshold"] == pytest.approx(cal["threshold"]["t2"])
+
+
+def _tiny_scan():
+    from test_tasks import small_scan
+
+    from medhdiff.io import Volume
+
+    data, affine = small_scan(seed=3)
+    return Volume(data, affine)
