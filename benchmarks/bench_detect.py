@@ -2,11 +2,15 @@
 
     python benchmarks/bench_detect.py [--sections tumour healthy reconstruct inpaint] [--coarse same|matched]
 
+`detect` runs on the bundled detection model (or `--detect-weights`), `reconstruct` and inpainting on the
+default model (or `--weights`), as the commands do.
+
 * tumour: `medhdiff detect` on the FLAIR and T2 of TCGA-DU-7294 against seg_consensus > 0, inside
   the brain: Dice at the auto (calibrated) threshold, best-possible Dice, AUPRC, AUROC, seconds,
   peak RSS. Beside it the intensity-threshold baseline: the scan normalised exactly as medhdiff
   normalises it, median-filtered (3^3); it has no auto threshold, so only its threshold-free
-  figures are given.
+  figures are given. With `--also-default`, the default model's reconstruction residual is scored too
+  (what `detect` used before the detection model existed).
 * healthy: false-positive volume (mL, after the component filter) of `detect` at the auto threshold
   on the MNI152 2009a T1 (from nilearn; skipped without it) and on held-out synthetic healthy brains
   of each contrast (1 mm, built-in label map, seeds training never draws).
@@ -57,7 +61,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sections", nargs="+", default=["tumour", "healthy", "reconstruct", "inpaint"])
     ap.add_argument("--coarse", default="matched", choices=["same", "matched"])
-    ap.add_argument("--weights", default=None)
+    ap.add_argument("--weights", default=None, help="model of reconstruct/inpaint (default: the bundled default)")
+    ap.add_argument("--detect-weights", default=None, help="model of detect (default: the bundled detection model)")
+    ap.add_argument("--also-default", action="store_true", help="also score the default model's residual")
     ap.add_argument("--contrasts", nargs="+", default=["t1", "t2", "flair"],
                     help="contrasts of the reconstruct and inpaint sections")
     ap.add_argument("--tag", default="", help="suffix of the results file (detect<tag>.json)")
@@ -73,9 +79,16 @@ def main() -> None:
     path = RESULTS_DIR / f"{name}.json"
     payload = json.loads(path.read_text()) if path.is_file() else {}
     payload.setdefault("runs", []).append(machine())
-    pred = Predictor(args.weights, device="cpu", coarse_timestep=args.coarse)
-    payload.update(model_sha256=pred.sha256, coarse_timestep=args.coarse,
-                   calibration=pred.bundle.meta.get("calibration", {}))
+    det_pred = Predictor(args.detect_weights, device="cpu", coarse_timestep=args.coarse, model="detector")
+    payload.update(model_sha256=det_pred.sha256, coarse_timestep=args.coarse,
+                   calibration=det_pred.bundle.meta.get("calibration", {}))
+    detectors = [("medhdiff detect", det_pred)]
+    if args.also_default:
+        detectors.append(("default model, reconstruction residual",
+                          Predictor(args.weights, device="cpu", coarse_timestep=args.coarse)))
+    pred = None
+    if {"reconstruct", "inpaint"} & set(args.sections):
+        pred = Predictor(args.weights, device="cpu", coarse_timestep=args.coarse)
 
     def log(msg: str) -> None:
         console.print(msg)
@@ -87,17 +100,19 @@ def main() -> None:
         for fname, contrast in (("fla", "flair"), ("t2", "t2")):
             vol = load_volume(TUMOUR / CASE / f"{fname}.nii.gz")
             brain = vol.data != 0
-            with measure() as m:
-                r = pred.detect(vol, contrast=contrast)
-            s, lab = r.score_map[brain], seg[brain]
-            row = {"case": CASE, "contrast": contrast, "method": "medhdiff detect",
-                   "dice_auto": round(dice(r.mask > 0, seg), 4), **localisation(s, lab),
-                   "found_ml": r.report["total_lesion_ml"], "reference_ml": round(seg.sum() * vol.voxel_volume_ml, 2),
-                   "seconds": round(m.seconds, 1), "peak_rss_gb": round(m.peak_rss_gb, 3)}
-            rows.append(row)
-            log(str(row))
-            prep = pred.prepare(vol)
-            base = pred.preprocessor.inverse(ndimage.median_filter(prep.image, size=3), prep.record, kind="map")
+            for method, p in detectors:
+                with measure() as m:
+                    r = p.detect(vol, contrast=contrast)
+                s, lab = r.score_map[brain], seg[brain]
+                row = {"case": CASE, "contrast": contrast, "method": method, "model_sha256": p.sha256[:12],
+                       "dice_auto": round(dice(r.mask > 0, seg), 4), **localisation(s, lab),
+                       "found_ml": r.report["total_lesion_ml"],
+                       "reference_ml": round(seg.sum() * vol.voxel_volume_ml, 2),
+                       "seconds": round(m.seconds, 1), "peak_rss_gb": round(m.peak_rss_gb, 3)}
+                rows.append(row)
+                log(str(row))
+            prep = det_pred.prepare(vol)
+            base = det_pred.preprocessor.inverse(ndimage.median_filter(prep.image, size=3), prep.record, kind="map")
             row = {"case": CASE, "contrast": contrast, "method": "intensity threshold (baseline)", "dice_auto": None,
                    **localisation(base[brain], lab)}
             rows.append(row)
@@ -122,7 +137,7 @@ def main() -> None:
             inputs.append((f"synthetic healthy {contrast} (seed {HEALTHY_SEED})", contrast, vol, brain))
         for label, contrast, vol, brain in inputs:
             with measure() as m:
-                r = pred.detect(vol, contrast=contrast, mask=brain)
+                r = det_pred.detect(vol, contrast=contrast, mask=brain)
             row = {"input": label, "contrast": contrast, "false_positive_ml": r.report["total_lesion_ml"],
                    "components": r.report["n_components"], "seconds": round(m.seconds, 1)}
             rows.append(row)

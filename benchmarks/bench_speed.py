@@ -1,13 +1,14 @@
 """End-to-end speed of `medhdiff denoise` and `medhdiff detect` on a 240x240x155 scan, as a user runs them.
 
-    python benchmarks/bench_speed.py [--repeat 1]
+    python benchmarks/bench_speed.py [--repeat 1] [--jobs denoise detect]
 
 Each job runs as its own `medhdiff` process (model loading, reading and writing included) on
 TCGA-DU-7294's T2 (240x240x155, 1 mm): detect on the scan itself, denoise on the scan with Rician
 noise at 9 % (on the clean scan the estimated noise is so low that denoise has almost nothing to
 do). Wall seconds and that process's peak RSS are recorded.
 Run it on an otherwise idle machine: the targets are <= 60 s (denoise) and <= 180 s (detect)
-with peak RSS <= 6 GB on 2 CPU cores. Results go to benchmarks/results/speed.json.
+with peak RSS <= 6 GB on 2 CPU cores. Results go to benchmarks/results/speed.json; with --jobs, the
+rows of the jobs not run are kept from the previous results.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 
 import numpy as np
 
-from common import TUMOUR, add_rician, machine, noise_seed, require_data, save_results
+from common import RESULTS_DIR, TUMOUR, add_rician, machine, noise_seed, require_data, save_results
 
 JOBS = {"denoise": 60, "detect": 180}
 
@@ -42,6 +43,7 @@ def run(cmd: list[str]) -> tuple[float, float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--jobs", nargs="+", choices=list(JOBS), default=list(JOBS))
     args = ap.parse_args()
     if not require_data():
         return
@@ -59,6 +61,8 @@ def main() -> None:
         save_volume(Volume(noisy, vol.affine, vol.header), noisy_path)
         inputs = {"denoise": noisy_path, "detect": str(scan)}
         for job, target in JOBS.items():
+            if job not in args.jobs:
+                continue
             for k in range(args.repeat):
                 out = os.path.join(tmp, f"{job}{k}")
                 seconds, rss, rc = run([exe, job, inputs[job], "-o", out, "--device", "cpu"])
@@ -68,7 +72,16 @@ def main() -> None:
                        "peak_rss_gb": round(rss, 3), "target_s": target, "load_avg_after": round(os.getloadavg()[0], 2)}
                 rows.append(row)
                 print(row, flush=True)
-    save_results("speed", {"runs": [info], "rows": rows})
+    runs = [info]
+    previous = RESULTS_DIR / "speed.json"
+    if set(args.jobs) != set(JOBS) and previous.is_file():
+        import json
+
+        old = json.loads(previous.read_text())
+        kept = [r for r in old.get("rows", []) if not any(r["job"].startswith(f"medhdiff {j} ") for j in args.jobs)]
+        rows = [r for job in JOBS for r in kept + rows if r["job"].startswith(f"medhdiff {job} ")]
+        runs = old.get("runs", []) + runs
+    save_results("speed", {"runs": runs, "rows": rows})
 
 
 if __name__ == "__main__":
