@@ -29,6 +29,7 @@ from medhdiff.preprocess import PreprocessConfig, Preprocessed, Preprocessor
 from medhdiff.tasks.adapt import AdaptConfig, adapt_patch_model
 from medhdiff.tasks.noise import estimate_sigma, rician_bias_correct
 from medhdiff.tasks.results import DenoiseResult, DetectResult, ReconstructResult
+from medhdiff.training.config import DetectConfig
 
 log = logging.getLogger("medhdiff")
 
@@ -50,12 +51,11 @@ def default_weights(task: str = "default") -> Path | None:
     """
     if task not in BUNDLED_MODELS:
         raise ValueError(f"task must be one of {BUNDLED_MODELS}, got {task!r}")
-    for name in dict.fromkeys((task, "default")):
-        try:
-            folder = resources.files("medhdiff") / "models" / name
-        except (ModuleNotFoundError, FileNotFoundError):
-            return None
-        path = Path(str(folder))
+    try:
+        models = Path(str(resources.files("medhdiff") / "models"))
+    except (ModuleNotFoundError, FileNotFoundError):
+        return None
+    for path in (models / task, models / "default"):
         if (path / "model.safetensors").is_file():
             return path
     return None
@@ -304,9 +304,10 @@ class Predictor:
     def _score(self, volume: Volume, *, threshold, ensemble, strengths, steps, mask, contrast, polarity, seed):
         """Score map on the input grid, reconstruction, and the threshold that applies to it."""
         cal = dict(self.bundle.meta.get("calibration", {}))
-        strengths = tuple(strengths or cal.get("strengths", (0.3, 0.4, 0.5)))
-        ensemble = int(ensemble or cal.get("ensemble", 2))
-        steps = int(steps or cal.get("steps", 2))
+        fallback = DetectConfig()  # a model calibrated before these settings were stored
+        strengths = tuple(strengths or cal.get("strengths", fallback.strengths))
+        ensemble = int(ensemble or cal.get("ensemble", fallback.ensemble))
+        steps = int(steps or cal.get("steps", fallback.steps))
         prep = self.prepare(volume, mask)
         label = self.class_label(contrast, str(volume.path or ""))
         name = self.cfg.contrasts[label] if label is not None else (contrast or guess_contrast(str(volume.path or "")))
@@ -367,7 +368,8 @@ class Predictor:
 
     def _min_volume(self, min_volume_ml: float | None) -> float:
         cal = dict(self.bundle.meta.get("calibration", {}))
-        return float(min_volume_ml if min_volume_ml is not None else cal.get("min_volume_ml", 0.2))
+        return float(min_volume_ml if min_volume_ml is not None
+                     else cal.get("min_volume_ml", DetectConfig().min_volume_ml))
 
     def _report(self, volume: Volume, settings: dict, components: list, min_volume_ml: float, start: float) -> dict:
         report = {
