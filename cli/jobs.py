@@ -171,7 +171,8 @@ def detect(
     report: Path | None = typer.Option(None, "--report", help="JSON report file or folder (default: next to the mask)."),
     png: Path | None = typer.Option(None, "--png", help="PNG overlay file or folder (three slices through the largest finding)."),
     weights: Path | None = DETECT_WEIGHTS,
-    threshold: str = typer.Option("auto", "--threshold", help="auto (calibrated on healthy scans) or a score value."),
+    threshold: str = typer.Option("auto", "--threshold", help="auto (calibrated on healthy scans) or a score value. Findings are seeded above it."),
+    grow: str = typer.Option("auto", "--grow", help="auto (calibrated), off, or a score value: findings grow through connected voxels down to this lower threshold."),
     ensemble: int | None = typer.Option(None, "--ensemble", help="Reconstructions per scan (default: the model's calibrated setting)."),
     steps: int | None = typer.Option(None, "--steps", help="Sampling steps per reconstruction (default: the model's)."),
     min_volume: float | None = typer.Option(None, "--min-volume", help="Drop findings smaller than this (mL)."),
@@ -221,11 +222,12 @@ def detect(
             vols = {name: load_volume(p, max_memory_gb=max_memory) for name, p in multi.items()}
             vol = next(iter(vols.values()))
             res = predictor.detect_multi(vols, threshold=threshold, ensemble=ensemble, steps=steps, mask=mask_vol,
-                                         min_volume_ml=min_volume, seed=seed)
+                                         min_volume_ml=min_volume, seed=seed, grow=grow)
         else:
             vol = load_volume(case, max_memory_gb=max_memory)
             res = predictor.detect(vol, threshold=threshold, ensemble=ensemble, steps=steps, mask=mask_vol,
-                                   contrast=contrast, polarity=polarity, min_volume_ml=min_volume, seed=seed)
+                                   contrast=contrast, polarity=polarity, min_volume_ml=min_volume, seed=seed,
+                                   grow=grow)
         save_volume(res.mask, paths["mask"], vol, kind="mask", overwrite=overwrite, inputs=protected)
         save_volume(res.score_map, paths["map"], vol, kind="image", overwrite=overwrite, inputs=protected)
         with atomic_path(paths["report"]) as tmp:
@@ -243,6 +245,6 @@ def detect(
                            numbers={"total_lesion_ml": res.report["total_lesion_ml"],
                                     "n_components": res.report["n_components"], "seconds": round(res.seconds, 2)})
 
-    run_cases("detect", inputs, shard, dict(weights=weights, threshold=threshold, ensemble=ensemble, steps=steps,
+    run_cases("detect", inputs, shard, dict(weights=weights, threshold=threshold, grow=grow, ensemble=ensemble, steps=steps,
                                             seed=seed, device=device, contrast=contrast, polarity=polarity),
               process, _record_dir("mask"), predictor.sha256)

@@ -50,7 +50,8 @@ def test_a_missing_detection_bundle_falls_back_to_the_default_model(tmp_path, mo
 
 
 @pytest.mark.parametrize("key, value", [("strengths", [0.0]), ("strengths", []), ("steps", 0), ("ensemble", 0),
-                                        ("percentile", 100), ("lesion_volumes", -1), ("threshold", 0.3)])
+                                        ("percentile", 100), ("lesion_volumes", -1), ("threshold", 0.3),
+                                        ("grow_percentiles", [99.99]), ("grow_percentiles", [10.0])])
 def test_detect_settings_are_validated(tmp_path, key, value):
     doc = yaml.safe_load(TINY.read_text())
     doc["detect"] = {key: value}
@@ -90,6 +91,54 @@ def test_calibration_on_synthetic_tumours_stores_its_settings_and_never_lowers_t
     res = Predictor(model, device="cpu").detect(_tiny_scan(), contrast="t2")
     assert res.report["strengths"] == [0.2] and res.report["steps"] == 1
     assert res.report["threshold"] == pytest.approx(cal["threshold"]["t2"])
+
+
+def test_findings_grow_from_seeds_down_to_the_grow_threshold():
+    import numpy as np
+
+    from medhdiff.io import Volume
+
+    score = np.zeros((40, 40, 40), np.float32)
+    score[5:15, 5:15, 5:15] = 0.5          # a halo (1 mL) ...
+    score[8:12, 8:12, 8:12] = 1.0          # ... around a seed of 64 voxels
+    score[25:35, 25:35, 25:35] = 0.5       # a halo with no seed: never reported
+    score[25:35, 5:15, 5:15] = 0.5         # a halo whose seed is below the size filter
+    score[29, 9, 9] = 1.0
+    vol = Volume(score, np.diag([1.0, 1.0, 1.0, 1.0]))
+    keep, comps = Predictor._components(score, 0.8, vol, 0.05, score > 0.3)
+    assert len(comps) == 1 and comps[0]["volume_ml"] == pytest.approx(1.0)
+    assert keep.sum() == 1000 and keep[5:15, 5:15, 5:15].all()
+    single, comps = Predictor._components(score, 0.8, vol, 0.05)  # no growth: the seed alone
+    assert len(comps) == 1 and single.sum() == 64
+
+
+def test_grow_thresholds_are_calibrated_on_synthetic_tumours_and_read_by_detect(model_dir, tmp_path):
+    from medhdiff.training.calibrate import calibrate_detection
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    cfg = load_config(TINY)
+    cfg.data.contrasts = ("t2",)
+    settings = DetectConfig(strengths=(0.2,), steps=1, ensemble=1, healthy_volumes=1, lesion_volumes=1,
+                            percentile=99.9, grow_percentiles=(99.0, 95.0, 90.0))
+    cal = calibrate_detection(model, cfg, detect=settings)
+    tumour = cal["synthetic_tumour"]["t2"]
+    by_p = tumour["dice_by_grow_percentile"]
+    assert set(by_p) == {"99.0", "95.0", "90.0"}
+    assert cal["grow_percentile"]["t2"] in (99.0, 95.0, 90.0)
+    assert by_p[str(cal["grow_percentile"]["t2"])] == max(by_p.values()) == tumour["dice_at_calibrated"]
+    assert cal["grow_threshold"]["t2"] < cal["threshold"]["t2"]  # seeds stay at the healthy percentile
+    assert cal["healthy_fp_ml_with_growth"]["t2"] >= 0.0
+    predictor = Predictor(model, device="cpu")
+    scan = _tiny_scan()
+    grown = predictor.detect(scan, contrast="t2")
+    assert grown.report["grow_threshold"] == pytest.approx(cal["grow_threshold"]["t2"])
+    assert grown.report["threshold"] == pytest.approx(cal["threshold"]["t2"])
+    off = predictor.detect(scan, contrast="t2", grow="off")
+    assert off.report["grow_threshold"] is None
+    assert (grown.mask >= off.mask).all()  # growth only ever adds connected voxels
+    with pytest.raises(InputError, match="--grow"):
+        predictor.detect(scan, contrast="t2", grow="lots")
 
 
 def _tiny_scan():

@@ -301,8 +301,9 @@ class Predictor:
         score = np.where(inner, score, 0.0).astype(np.float32)
         return score, np.mean(np.stack(recs), axis=0).astype(np.float32)
 
-    def _score(self, volume: Volume, *, threshold, ensemble, strengths, steps, mask, contrast, polarity, seed):
-        """Score map on the input grid, reconstruction, and the threshold that applies to it."""
+    def _score(self, volume: Volume, *, threshold, ensemble, strengths, steps, mask, contrast, polarity, seed,
+               grow="auto"):
+        """Score map on the input grid, reconstruction, and the thresholds that apply to it."""
         cal = dict(self.bundle.meta.get("calibration", {}))
         fallback = DetectConfig()  # a model calibrated before these settings were stored
         strengths = tuple(strengths or cal.get("strengths", fallback.strengths))
@@ -335,14 +336,46 @@ class Predictor:
                 thr, thr_source = float(threshold), "user"
             except (TypeError, ValueError):
                 raise InputError(f"--threshold must be auto or a number, got {threshold!r}") from None
+        grow_thr = self._grow_threshold(grow, cal, name, float(thr))
         settings = {"contrast": name, "polarity": polarity, "threshold": float(thr), "threshold_source": thr_source,
-                    "ensemble": ensemble, "strengths": list(strengths), "steps": steps}
+                    "grow_threshold": grow_thr, "ensemble": ensemble, "strengths": list(strengths), "steps": steps}
         return score_map.astype(np.float32), reconstruction, settings
 
     @staticmethod
-    def _components(score_map: np.ndarray, thr: float, volume: Volume, min_volume_ml: float):
-        """Connected components above ``thr`` of at least ``min_volume_ml``, largest first."""
+    def _grow_threshold(grow, cal: dict, name: str, thr: float) -> float | None:
+        """The lower (hysteresis) threshold findings grow to, or None for a single threshold.
+
+        ``grow`` is ``"auto"`` (the calibrated one, when the model has it), ``"off"``
+        or a score value; a value at or above the seed threshold means no growth.
+        """
+        if grow is None or grow == "off":
+            return None
+        if grow == "auto":
+            table = cal.get("grow_threshold", {})
+            value = table.get(name) if isinstance(table, dict) else None
+        else:
+            try:
+                value = float(grow)
+            except (TypeError, ValueError):
+                raise InputError(f"--grow must be auto, off or a number, got {grow!r}") from None
+        return float(value) if value is not None and float(value) < thr else None
+
+    @staticmethod
+    def _components(score_map: np.ndarray, thr: float, volume: Volume, min_volume_ml: float,
+                    grow_mask: np.ndarray | None = None):
+        """Findings, largest first: connected components above ``thr`` of at least ``min_volume_ml``.
+
+        With ``grow_mask`` (hysteresis), each such component is a seed, and the
+        finding is the connected component of ``grow_mask`` that holds it:
+        voxels below ``thr`` join only where they connect to a seed.
+        """
         labels, n = ndimage.label(score_map > thr)
+        if n and grow_mask is not None:
+            sizes = ndimage.sum_labels(np.ones_like(score_map), labels, np.arange(1, n + 1)) * volume.voxel_volume_ml
+            seeds = np.concatenate([[False], sizes >= min_volume_ml])[labels]
+            labels, n = ndimage.label(grow_mask | seeds)
+            hit = ndimage.maximum(seeds, labels, np.arange(1, n + 1)) > 0 if n else np.zeros(0, bool)
+            labels, n = ndimage.label(np.concatenate([[False], hit])[labels])
         keep = np.zeros(score_map.shape, dtype=bool)
         components = []
         if n:
@@ -374,7 +407,7 @@ class Predictor:
     def _report(self, volume: Volume, settings: dict, components: list, min_volume_ml: float, start: float) -> dict:
         report = {
             "input": str(volume.path) if volume.path else None,
-            **{k: settings[k] for k in ("contrast", "polarity", "threshold", "threshold_source")},
+            **{k: settings[k] for k in ("contrast", "polarity", "threshold", "threshold_source", "grow_threshold")},
             "min_component_ml": min_volume_ml,
             "total_lesion_ml": round(float(sum(c["volume_ml"] for c in components)), 3),
             "n_components": len(components),
@@ -388,14 +421,22 @@ class Predictor:
     def detect(self, volume: Volume, *, threshold: float | str = "auto", ensemble: int | None = None,
                strengths: tuple[float, ...] | None = None, steps: int | None = None,
                mask: Volume | np.ndarray | None = None, contrast: str | None = None,
-               polarity: str = "auto", min_volume_ml: float | None = None, seed: int = 0) -> DetectResult:
-        """Anomaly map, thresholded mask and a report of connected components."""
+               polarity: str = "auto", min_volume_ml: float | None = None, seed: int = 0,
+               grow: float | str | None = "auto") -> DetectResult:
+        """Anomaly map, thresholded mask and a report of connected components.
+
+        Findings are seeded above the threshold and grow, through connected
+        voxels, down to the grow threshold (``grow``: ``"auto"`` = calibrated,
+        ``"off"``, or a score value).
+        """
         start = time.time()
         min_ml = self._min_volume(min_volume_ml)
         score_map, reconstruction, settings = self._score(
             volume, threshold=threshold, ensemble=ensemble, strengths=strengths, steps=steps, mask=mask,
-            contrast=contrast, polarity=polarity, seed=seed)
-        keep, components = self._components(score_map, settings["threshold"], volume, min_ml)
+            contrast=contrast, polarity=polarity, seed=seed, grow=grow)
+        grow_thr = settings["grow_threshold"]
+        keep, components = self._components(score_map, settings["threshold"], volume, min_ml,
+                                            None if grow_thr is None else score_map > grow_thr)
         report = self._report(volume, settings, components, min_ml, start)
         return DetectResult(score_map=score_map, mask=keep.astype(np.uint8), report=report,
                             reconstruction=reconstruction, seconds=time.time() - start)
@@ -403,12 +444,14 @@ class Predictor:
     def detect_multi(self, volumes: dict[str, Volume], *, threshold: float | str = "auto",
                      ensemble: int | None = None, steps: int | None = None,
                      mask: Volume | np.ndarray | None = None, min_volume_ml: float | None = None,
-                     seed: int = 0) -> DetectResult:
+                     seed: int = 0, grow: str | None = "auto") -> DetectResult:
         """One subject's co-registered scans of several contrasts (e.g. T2 and FLAIR) together.
 
         Each contrast is scored on its own, divided by its own threshold, and
         the maps are combined by their voxel-wise maximum; the combined map is
-        thresholded at 1 (``--threshold`` then scales that level).
+        thresholded at 1 (``--threshold`` then scales that level). Findings grow
+        through voxels above any contrast's calibrated grow threshold
+        (``grow="off"`` disables that).
         """
         start = time.time()
         if len(volumes) < 1:
@@ -425,17 +468,24 @@ class Predictor:
                 level = float(threshold)
             except (TypeError, ValueError):
                 raise InputError(f"--threshold must be auto or a number, got {threshold!r}") from None
-        combined, per = None, {}
+        if grow not in (None, "auto", "off"):
+            raise InputError("with several contrasts --grow must be auto or off")
+        combined, per, grow_mask = None, {}, None
         for name, vol in items:
             score_map, _, settings = self._score(vol, threshold="auto", ensemble=ensemble, strengths=None,
-                                                 steps=steps, mask=mask, contrast=name, polarity="auto", seed=seed)
+                                                 steps=steps, mask=mask, contrast=name, polarity="auto", seed=seed,
+                                                 grow=grow)
             norm = score_map / max(settings["threshold"], 1e-12)
             combined = norm if combined is None else np.maximum(combined, norm)
-            per[name] = {k: settings[k] for k in ("threshold", "threshold_source", "polarity")}
+            if settings["grow_threshold"] is not None:
+                above = score_map > settings["grow_threshold"]
+                grow_mask = above if grow_mask is None else grow_mask | above
+            per[name] = {k: settings[k] for k in ("threshold", "threshold_source", "grow_threshold", "polarity")}
         min_ml = self._min_volume(min_volume_ml)
-        keep, components = self._components(combined, level, ref, min_ml)
+        keep, components = self._components(combined, level, ref, min_ml, grow_mask)
         settings = {"contrast": "+".join(volumes), "polarity": "per contrast", "threshold": level,
                     "threshold_source": "each contrast's map divided by its calibrated threshold",
+                    "grow_threshold": "per contrast" if grow_mask is not None else None,
                     "ensemble": ensemble, "strengths": None, "steps": steps}
         report = self._report(ref, settings, components, min_ml, start)
         report["inputs"] = {name: str(v.path) if v.path else None for name, v in items}

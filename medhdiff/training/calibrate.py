@@ -6,8 +6,12 @@ uses; the threshold is a high percentile of their in-brain scores, so that a
 healthy scan yields only a small false-positive volume. With
 ``detect.lesion_volumes > 0``, synthetic brains with an injected tumour are
 scored too, and where the threshold of best Dice on them (pooled) is higher,
-it is used instead. The settings and thresholds are stored in ``model.json``
-under ``calibration``; ``--threshold auto`` reads them.
+it is used instead. With ``detect.grow_percentiles`` the threshold seeds
+findings instead, and the grow threshold they extend to (hysteresis) is the
+healthy-score percentile, among those candidates, whose masks (exactly as
+``detect`` forms them) score the best pooled Dice on the synthetic tumours.
+The settings and thresholds are stored in ``model.json`` under
+``calibration``; ``--threshold auto`` reads them.
 """
 
 from __future__ import annotations
@@ -52,22 +56,34 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
                                       strengths=d.strengths, steps=d.steps, seed=s)
         return sc, ndimage.binary_erosion(prep.mask, iterations=2), prep
 
-    thresholds, fp_ml, lesion_dice = {}, {}, {}
+    thresholds, fp_ml, lesion_dice, grow_thresholds, grow_fp = {}, {}, {}, {}, {}
     voxel_ml = spacing ** 3 / 1000.0
+    grid = Volume(np.zeros((1, 1, 1), np.float32), np.diag([spacing, spacing, spacing, 1.0]))
+
+    def findings(sc: np.ndarray, thr: float, grow: float | None) -> np.ndarray:
+        """The mask ``detect`` would return, in model space."""
+        keep, _ = Predictor._components(sc, thr, grid, d.min_volume_ml, None if grow is None else sc > grow)
+        return keep
+
     for contrast in cfg.data.contrasts:
         gen = HealthyBrainGenerator(contrast=contrast, spacing=spacing, noise_range=cfg.data.noise_range)
         label = predictor.class_label(contrast)
         polarity = "bright" if contrast in BRIGHT_LESION_CONTRASTS else "both"
-        pooled = []
+        pooled, healthy_maps = [], []
         for i in range(d.healthy_volumes):
             res = gen.generate(labels, affine, seed=seed + i)
             sc, inner, _ = score(res.image, res.affine, res.brain_mask > 0, label, polarity, seed + i)
             pooled.append(sc[inner])
+            healthy_maps.append(sc)
         values = np.concatenate(pooled)
         thr = float(np.percentile(values, d.percentile))
         fp_ml[contrast] = round(float((values > thr).sum()) * voxel_ml / d.healthy_volumes, 3)
+        grow = None
+        if d.grow_percentiles:
+            candidates = {p: float(np.percentile(values, p)) for p in sorted(d.grow_percentiles, reverse=True)}
+            grow_p = next(iter(candidates))  # the most conservative, unless tumours say otherwise
         if d.lesion_volumes:
-            scores, refs = [], []
+            scores, refs, maps = [], [], []
             s = seed + 500
             while len(scores) < d.lesion_volumes:
                 s += 1
@@ -85,10 +101,27 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
                 ref = predictor.preprocessor.to_model(lesion.astype(np.float32), prep.record, kind="mask") > 0
                 scores.append(sc[inner])
                 refs.append(ref[inner])
+                maps.append((np.where(inner, sc, 0.0), ref & inner))
             best, thr_dice = best_dice(np.concatenate(scores), np.concatenate(refs))
             lesion_dice[contrast] = {"best_dice": round(float(best), 4), "threshold": float(thr_dice)}
-            if thr_dice > thr:
+            if d.grow_percentiles:
+                by_p = {}
+                for p, g in candidates.items():
+                    inter = total = 0
+                    for sc, ref in maps:
+                        found = findings(sc, thr, g)
+                        inter, total = inter + int((found & ref).sum()), total + int(found.sum() + ref.sum())
+                    by_p[p] = 2.0 * inter / max(total, 1)
+                grow_p = max(by_p, key=lambda p: (round(by_p[p], 4), p))
+                lesion_dice[contrast]["dice_by_grow_percentile"] = {str(p): round(v, 4) for p, v in by_p.items()}
+                lesion_dice[contrast]["dice_at_calibrated"] = round(by_p[grow_p], 4)
+            elif thr_dice > thr:
                 thr = float(thr_dice)
+        if d.grow_percentiles:
+            grow = candidates[grow_p]
+            grow_thresholds[contrast] = {"percentile": grow_p, "threshold": grow}
+            grow_fp[contrast] = round(float(np.mean([findings(sc, thr, grow).sum() for sc in healthy_maps]))
+                                      * voxel_ml, 3)
         thresholds[contrast] = thr
         log.info("calibration %s: threshold %.5f, healthy false positives %.2f mL before the component-size filter%s",
                  contrast, thr, fp_ml[contrast],
@@ -98,9 +131,17 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
                    "strengths": list(d.strengths), "min_volume_ml": d.min_volume_ml,
                    "healthy_fp_ml_at_percentile": fp_ml, "volumes_per_contrast": d.healthy_volumes,
                    "source": "synthetic healthy brains from the built-in label map, held-out seeds"}
-    if lesion_dice:
+    if lesion_dice and not grow_thresholds:
         calibration.update(lesion_volumes=d.lesion_volumes, synthetic_tumour=lesion_dice,
                            source=calibration["source"] + "; threshold raised to the best-Dice one on as many "
                                                           "held-out synthetic tumours where that was higher")
+    if grow_thresholds:
+        calibration.update(grow_threshold={c: v["threshold"] for c, v in grow_thresholds.items()},
+                           grow_percentile={c: v["percentile"] for c, v in grow_thresholds.items()},
+                           healthy_fp_ml_with_growth=grow_fp,
+                           source=calibration["source"] + "; findings seeded at the percentile grow to the healthy "
+                                                          "percentile of best Dice on held-out synthetic tumours")
+        if lesion_dice:
+            calibration.update(lesion_volumes=d.lesion_volumes, synthetic_tumour=lesion_dice)
     update_bundle_meta(model_dir, calibration=calibration)
     return calibration

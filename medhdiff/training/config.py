@@ -138,9 +138,15 @@ class DetectConfig:
     Each reconstruction noises the scan to one of ``strengths`` (a fraction of
     the schedule) and denoises it in ``steps``; ``ensemble`` reconstructions are
     pooled. The threshold is the ``percentile`` of the in-brain scores of
-    ``healthy_volumes`` held-out synthetic healthy brains per contrast; with
-    ``lesion_volumes > 0`` it is raised, where that helps, to the threshold of
-    best Dice on as many held-out synthetic brains with an injected tumour.
+    ``healthy_volumes`` held-out synthetic healthy brains per contrast.
+
+    With ``grow_percentiles`` (hysteresis), findings are seeded above that
+    threshold and grow through connected voxels down to a lower threshold: the
+    healthy-score percentile, among these candidates, that gives the best Dice
+    on ``lesion_volumes`` held-out synthetic brains with an injected tumour
+    (the highest candidate when ``lesion_volumes`` is 0). Without it, and with
+    ``lesion_volumes > 0``, the single threshold is raised, where that helps, to
+    the threshold of best Dice on those tumours.
     """
 
     strengths: tuple[float, ...] = (0.3, 0.4, 0.5)
@@ -150,9 +156,11 @@ class DetectConfig:
     healthy_volumes: int = 2
     lesion_volumes: int = 0
     min_volume_ml: float = 0.2
+    grow_percentiles: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         self.strengths = tuple(float(v) for v in self.strengths)
+        self.grow_percentiles = tuple(float(v) for v in self.grow_percentiles)
         for name in ("steps", "ensemble", "healthy_volumes", "lesion_volumes"):
             setattr(self, name, int(getattr(self, name)))
         self.percentile, self.min_volume_ml = float(self.percentile), float(self.min_volume_ml)
@@ -162,6 +170,8 @@ class DetectConfig:
             raise InputError("detect: steps, ensemble and healthy_volumes must be >= 1, lesion_volumes >= 0")
         if not 50.0 <= self.percentile < 100.0:
             raise InputError("detect.percentile must be in [50, 100)")
+        if not all(50.0 <= v < self.percentile for v in self.grow_percentiles):
+            raise InputError("detect.grow_percentiles must lie in [50, percentile)")
 
 
 @dataclass
