@@ -51,7 +51,8 @@ def test_a_missing_detection_bundle_falls_back_to_the_default_model(tmp_path, mo
 
 @pytest.mark.parametrize("key, value", [("strengths", [0.0]), ("strengths", []), ("steps", 0), ("ensemble", 0),
                                         ("percentile", 100), ("lesion_volumes", -1), ("threshold", 0.3),
-                                        ("grow_percentiles", [99.99]), ("grow_percentiles", [10.0])])
+                                        ("grow_percentiles", [99.99]), ("grow_percentiles", [10.0]),
+                                        ("seed_percentiles", [100.0]), ("max_healthy_fp_ml", -1)])
 def test_detect_settings_are_validated(tmp_path, key, value):
     doc = yaml.safe_load(TINY.read_text())
     doc["detect"] = {key: value}
@@ -120,15 +121,22 @@ def test_grow_thresholds_are_calibrated_on_synthetic_tumours_and_read_by_detect(
     cfg = load_config(TINY)
     cfg.data.contrasts = ("t2",)
     settings = DetectConfig(strengths=(0.2,), steps=1, ensemble=1, healthy_volumes=1, lesion_volumes=1,
-                            percentile=99.9, grow_percentiles=(99.0, 95.0, 90.0))
+                            percentile=99.9, seed_percentiles=(99.5,), grow_percentiles=(99.7, 95.0, 90.0),
+                            max_healthy_fp_ml=0.5)
     cal = calibrate_detection(model, cfg, detect=settings)
     tumour = cal["synthetic_tumour"]["t2"]
-    by_p = tumour["dice_by_grow_percentile"]
-    assert set(by_p) == {"99.0", "95.0", "90.0"}
-    assert cal["grow_percentile"]["t2"] in (99.0, 95.0, 90.0)
-    assert by_p[str(cal["grow_percentile"]["t2"])] == max(by_p.values()) == tumour["dice_at_calibrated"]
-    assert cal["grow_threshold"]["t2"] < cal["threshold"]["t2"]  # seeds stay at the healthy percentile
-    assert cal["healthy_fp_ml_with_growth"]["t2"] >= 0.0
+    table = tumour["dice_and_healthy_fp_ml_by_seed_grow_percentile"]
+    # every pair with the grow percentile below the seed one was scored (99.7 cannot grow from a 99.5 seed)
+    assert set(table) == {"99.9/99.7", "99.9/95.0", "99.9/90.0", "99.5/95.0", "99.5/90.0"}
+    chosen = cal["hysteresis"]["t2"]
+    key = f"{chosen['seed_percentile']}/{chosen['grow_percentile']}"
+    assert table[key] == [tumour["dice_at_calibrated"], chosen["healthy_fp_ml"]]
+    fits = [v for v in table.values() if v[1] <= 0.5]
+    if fits:  # the best Dice within the false-positive budget
+        assert chosen["healthy_fp_ml"] <= 0.5 and tumour["dice_at_calibrated"] == max(v[0] for v in fits)
+    else:
+        assert chosen["healthy_fp_ml"] == min(v[1] for v in table.values())
+    assert cal["grow_threshold"]["t2"] == chosen["grow_threshold"] < chosen["threshold"] == cal["threshold"]["t2"]
     predictor = Predictor(model, device="cpu")
     scan = _tiny_scan()
     grown = predictor.detect(scan, contrast="t2")

@@ -56,7 +56,7 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
                                       strengths=d.strengths, steps=d.steps, seed=s)
         return sc, ndimage.binary_erosion(prep.mask, iterations=2), prep
 
-    thresholds, fp_ml, lesion_dice, grow_thresholds, grow_fp = {}, {}, {}, {}, {}
+    thresholds, fp_ml, lesion_dice, grow_thresholds = {}, {}, {}, {}
     voxel_ml = spacing ** 3 / 1000.0
     grid = Volume(np.zeros((1, 1, 1), np.float32), np.diag([spacing, spacing, spacing, 1.0]))
 
@@ -78,12 +78,9 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
         values = np.concatenate(pooled)
         thr = float(np.percentile(values, d.percentile))
         fp_ml[contrast] = round(float((values > thr).sum()) * voxel_ml / d.healthy_volumes, 3)
-        grow = None
-        if d.grow_percentiles:
-            candidates = {p: float(np.percentile(values, p)) for p in sorted(d.grow_percentiles, reverse=True)}
-            grow_p = next(iter(candidates))  # the most conservative, unless tumours say otherwise
+        maps = []
         if d.lesion_volumes:
-            scores, refs, maps = [], [], []
+            scores, refs = [], []
             s = seed + 500
             while len(scores) < d.lesion_volumes:
                 s += 1
@@ -101,27 +98,21 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
                 ref = predictor.preprocessor.to_model(lesion.astype(np.float32), prep.record, kind="mask") > 0
                 scores.append(sc[inner])
                 refs.append(ref[inner])
-                maps.append((np.where(inner, sc, 0.0), ref & inner))
+                maps.append((sc, ref & inner))
             best, thr_dice = best_dice(np.concatenate(scores), np.concatenate(refs))
             lesion_dice[contrast] = {"best_dice": round(float(best), 4), "threshold": float(thr_dice)}
-            if d.grow_percentiles:
-                by_p = {}
-                for p, g in candidates.items():
-                    inter = total = 0
-                    for sc, ref in maps:
-                        found = findings(sc, thr, g)
-                        inter, total = inter + int((found & ref).sum()), total + int(found.sum() + ref.sum())
-                    by_p[p] = 2.0 * inter / max(total, 1)
-                grow_p = max(by_p, key=lambda p: (round(by_p[p], 4), p))
-                lesion_dice[contrast]["dice_by_grow_percentile"] = {str(p): round(v, 4) for p, v in by_p.items()}
-                lesion_dice[contrast]["dice_at_calibrated"] = round(by_p[grow_p], 4)
-            elif thr_dice > thr:
+            if thr_dice > thr and not d.grow_percentiles:
                 thr = float(thr_dice)
         if d.grow_percentiles:
-            grow = candidates[grow_p]
-            grow_thresholds[contrast] = {"percentile": grow_p, "threshold": grow}
-            grow_fp[contrast] = round(float(np.mean([findings(sc, thr, grow).sum() for sc in healthy_maps]))
-                                      * voxel_ml, 3)
+            choice = _pick_hysteresis(values, healthy_maps, maps, d, findings, voxel_ml)
+            thr = choice["threshold"]
+            grow_thresholds[contrast] = choice
+            dice_at = choice.pop("dice")
+            if contrast in lesion_dice:
+                lesion_dice[contrast]["dice_at_calibrated"] = dice_at
+                lesion_dice[contrast]["dice_and_healthy_fp_ml_by_seed_grow_percentile"] = choice.pop("table")
+            else:
+                choice.pop("table")
         thresholds[contrast] = thr
         log.info("calibration %s: threshold %.5f, healthy false positives %.2f mL before the component-size filter%s",
                  contrast, thr, fp_ml[contrast],
@@ -136,12 +127,50 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
                            source=calibration["source"] + "; threshold raised to the best-Dice one on as many "
                                                           "held-out synthetic tumours where that was higher")
     if grow_thresholds:
-        calibration.update(grow_threshold={c: v["threshold"] for c, v in grow_thresholds.items()},
-                           grow_percentile={c: v["percentile"] for c, v in grow_thresholds.items()},
-                           healthy_fp_ml_with_growth=grow_fp,
-                           source=calibration["source"] + "; findings seeded at the percentile grow to the healthy "
-                                                          "percentile of best Dice on held-out synthetic tumours")
+        calibration.update(grow_threshold={c: v["grow_threshold"] for c, v in grow_thresholds.items()},
+                           hysteresis=grow_thresholds, max_healthy_fp_ml=d.max_healthy_fp_ml,
+                           source=calibration["source"] + "; findings are seeded above one healthy-score percentile "
+                                                          "and grow to a lower one: the pair of best Dice on held-out "
+                                                          "synthetic tumours within the healthy false-positive budget")
         if lesion_dice:
             calibration.update(lesion_volumes=d.lesion_volumes, synthetic_tumour=lesion_dice)
     update_bundle_meta(model_dir, calibration=calibration)
     return calibration
+
+
+def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, d: DetectConfig, findings,
+                     voxel_ml: float) -> dict:
+    """The (seed, grow) pair of healthy-score percentiles for hysteresis findings.
+
+    Every pair with the grow percentile below the seed one is scored: its mean
+    false-positive volume on the healthy maps (after the component filter) and
+    its pooled Dice on the synthetic tumours. The pair of best Dice within
+    ``d.max_healthy_fp_ml`` wins (ties: the higher, more conservative
+    percentiles); if none fits the budget, the one with the fewest false
+    positives. Without tumours the seed is ``d.percentile`` and the grow
+    percentile the highest candidate.
+    """
+    seeds = sorted({d.percentile, *d.seed_percentiles}, reverse=True)
+    level = {p: float(np.percentile(values, p)) for p in (*seeds, *d.grow_percentiles)}
+    if not lesion_maps:
+        pairs = [(d.percentile, max(d.grow_percentiles))]
+    else:
+        pairs = [(sp, gp) for sp in seeds for gp in d.grow_percentiles if gp < sp]
+    table = []
+    for sp, gp in pairs:
+        fp = float(np.mean([findings(sc, level[sp], level[gp]).sum() for sc in healthy_maps])) * voxel_ml
+        inter = total = 0
+        for sc, ref in lesion_maps:
+            found = findings(sc, level[sp], level[gp])
+            inter, total = inter + int((found & ref).sum()), total + int(found.sum() + ref.sum())
+        table.append({"seed_percentile": sp, "grow_percentile": gp, "healthy_fp_ml": round(fp, 3),
+                      "dice": round(2.0 * inter / max(total, 1), 4)})
+    fits = [row for row in table if row["healthy_fp_ml"] <= d.max_healthy_fp_ml]
+    if fits:
+        best = max(fits, key=lambda r: (r["dice"], r["seed_percentile"], r["grow_percentile"]))
+    else:
+        best = min(table, key=lambda r: (r["healthy_fp_ml"], -r["seed_percentile"]))
+    log.info("hysteresis: seed p%s, grow p%s (Dice %.3f on synthetic tumours, %.2f mL on healthy)",
+             best["seed_percentile"], best["grow_percentile"], best["dice"], best["healthy_fp_ml"])
+    return {**best, "threshold": level[best["seed_percentile"]], "grow_threshold": level[best["grow_percentile"]],
+            "table": {f"{r['seed_percentile']}/{r['grow_percentile']}": [r["dice"], r["healthy_fp_ml"]] for r in table}}

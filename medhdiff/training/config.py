@@ -140,13 +140,15 @@ class DetectConfig:
     pooled. The threshold is the ``percentile`` of the in-brain scores of
     ``healthy_volumes`` held-out synthetic healthy brains per contrast.
 
-    With ``grow_percentiles`` (hysteresis), findings are seeded above that
-    threshold and grow through connected voxels down to a lower threshold: the
-    healthy-score percentile, among these candidates, that gives the best Dice
-    on ``lesion_volumes`` held-out synthetic brains with an injected tumour
-    (the highest candidate when ``lesion_volumes`` is 0). Without it, and with
-    ``lesion_volumes > 0``, the single threshold is raised, where that helps, to
-    the threshold of best Dice on those tumours.
+    With ``grow_percentiles`` (hysteresis), findings are seeded above one
+    healthy-score percentile (``percentile`` or one of ``seed_percentiles``) and
+    grow through connected voxels down to a lower one (one of
+    ``grow_percentiles``): the pair whose masks give the best Dice on
+    ``lesion_volumes`` held-out synthetic brains with an injected tumour, among
+    pairs whose mean false-positive volume on the healthy brains is at most
+    ``max_healthy_fp_ml``. Without ``grow_percentiles``, and with
+    ``lesion_volumes > 0``, the single threshold is raised, where that helps,
+    to the threshold of best Dice on those tumours.
     """
 
     strengths: tuple[float, ...] = (0.3, 0.4, 0.5)
@@ -157,10 +159,14 @@ class DetectConfig:
     lesion_volumes: int = 0
     min_volume_ml: float = 0.2
     grow_percentiles: tuple[float, ...] = ()
+    seed_percentiles: tuple[float, ...] = ()
+    max_healthy_fp_ml: float = 1.0
 
     def __post_init__(self) -> None:
         self.strengths = tuple(float(v) for v in self.strengths)
         self.grow_percentiles = tuple(float(v) for v in self.grow_percentiles)
+        self.seed_percentiles = tuple(float(v) for v in self.seed_percentiles)
+        self.max_healthy_fp_ml = float(self.max_healthy_fp_ml)
         for name in ("steps", "ensemble", "healthy_volumes", "lesion_volumes"):
             setattr(self, name, int(getattr(self, name)))
         self.percentile, self.min_volume_ml = float(self.percentile), float(self.min_volume_ml)
@@ -170,8 +176,12 @@ class DetectConfig:
             raise InputError("detect: steps, ensemble and healthy_volumes must be >= 1, lesion_volumes >= 0")
         if not 50.0 <= self.percentile < 100.0:
             raise InputError("detect.percentile must be in [50, 100)")
-        if not all(50.0 <= v < self.percentile for v in self.grow_percentiles):
-            raise InputError("detect.grow_percentiles must lie in [50, percentile)")
+        if not all(50.0 <= v < 100.0 for v in (*self.grow_percentiles, *self.seed_percentiles)):
+            raise InputError("detect.grow_percentiles and seed_percentiles must lie in [50, 100)")
+        if self.grow_percentiles and min(self.grow_percentiles) >= min((self.percentile, *self.seed_percentiles)):
+            raise InputError("detect.grow_percentiles need a value below the lowest seed percentile")
+        if self.max_healthy_fp_ml < 0:
+            raise InputError("detect.max_healthy_fp_ml must be >= 0")
 
 
 @dataclass
