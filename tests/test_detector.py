@@ -113,6 +113,41 @@ def test_findings_grow_from_seeds_down_to_the_grow_threshold():
     assert len(comps) == 1 and single.sum() == 64
 
 
+
+def test_multi_contrast_findings_grow_only_through_their_own_contrast(model_dir, monkeypatch):
+    """A FLAIR seed must not leak through the T2 grow region, whose level was set for T2's own seeds."""
+    import numpy as np
+
+    from medhdiff.io import Volume
+
+    flair = np.zeros((40, 40, 40), np.float32)
+    flair[5:15, 5:15, 5:15] = 0.5          # FLAIR halo (1 mL) around a FLAIR seed
+    flair[8:12, 8:12, 8:12] = 1.0
+    t2 = np.zeros_like(flair)
+    t2[2:38, 2:20, 2:20] = 0.5             # a wide T2 grow region touching the FLAIR finding, no T2 seed there
+    t2[25:35, 25:35, 25:35] = 0.5          # a T2 finding of its own: halo around a T2 seed
+    t2[28:32, 28:32, 28:32] = 2.0
+    maps = {"flair": flair, "t2": t2}
+    thr = {"flair": 0.8, "t2": 1.6}
+
+    def fake_score(self, volume, *, contrast, grow="auto", **_):
+        settings = {"threshold": thr[contrast], "threshold_source": "test", "polarity": "bright",
+                    "grow_threshold": None if grow == "off" else 0.3}
+        return maps[contrast], None, settings
+
+    monkeypatch.setattr(Predictor, "_score", fake_score)
+    pred = Predictor(model_dir, device="cpu")
+    vol = Volume(np.zeros((40, 40, 40), np.float32), np.eye(4))
+    res = pred.detect_multi({"t2": vol, "flair": vol}, min_volume_ml=0.05)
+    assert res.mask.sum() == 2000                     # the two 1 mL halos, nothing of the wide T2 region
+    assert res.mask[5:15, 5:15, 5:15].all() and res.mask[25:35, 25:35, 25:35].all()
+    assert [c["volume_ml"] for c in res.report["components"]] == [1.0, 1.0]
+    assert res.report["per_contrast"]["t2"]["found_ml"] == 1.0
+    assert res.report["per_contrast"]["flair"]["found_ml"] == 1.0
+    off = pred.detect_multi({"t2": vol, "flair": vol}, min_volume_ml=0.05, grow="off")
+    assert off.mask.sum() == 128                      # the two 64-voxel seeds
+    np.testing.assert_allclose(res.score_map, np.maximum(flair / 0.8, t2 / 1.6))
+
 def test_grow_thresholds_are_calibrated_on_synthetic_tumours_and_read_by_detect(model_dir, tmp_path):
     from medhdiff.training.calibrate import calibrate_detection
 

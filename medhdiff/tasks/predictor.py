@@ -361,43 +361,54 @@ class Predictor:
         return float(value) if value is not None and float(value) < thr else None
 
     @staticmethod
-    def _components(score_map: np.ndarray, thr: float, volume: Volume, min_volume_ml: float,
-                    grow_mask: np.ndarray | None = None):
-        """Findings, largest first: connected components above ``thr`` of at least ``min_volume_ml``.
+    def _findings(score_map: np.ndarray, thr: float, voxel_ml: float, min_volume_ml: float,
+                  grow_mask: np.ndarray | None = None) -> np.ndarray:
+        """The finding mask: connected components above ``thr`` of at least ``min_volume_ml``.
 
         With ``grow_mask`` (hysteresis), each such component is a seed, and the
         finding is the connected component of ``grow_mask`` that holds it:
         voxels below ``thr`` join only where they connect to a seed.
         """
         labels, n = ndimage.label(score_map > thr)
-        if n and grow_mask is not None:
-            sizes = ndimage.sum_labels(np.ones_like(score_map), labels, np.arange(1, n + 1)) * volume.voxel_volume_ml
-            seeds = np.concatenate([[False], sizes >= min_volume_ml])[labels]
-            labels, n = ndimage.label(grow_mask | seeds)
-            hit = ndimage.maximum(seeds, labels, np.arange(1, n + 1)) > 0 if n else np.zeros(0, bool)
-            labels, n = ndimage.label(np.concatenate([[False], hit])[labels])
-        keep = np.zeros(score_map.shape, dtype=bool)
+        if not n:
+            return np.zeros(score_map.shape, dtype=bool)
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:] * voxel_ml
+        seeds = np.concatenate([[False], sizes >= min_volume_ml])[labels]
+        if grow_mask is None or not seeds.any():
+            return seeds
+        labels, n = ndimage.label(grow_mask | seeds)
+        hit = ndimage.maximum(seeds, labels, np.arange(1, n + 1)) > 0
+        return np.concatenate([[False], hit])[labels]
+
+    @staticmethod
+    def _describe(keep: np.ndarray, score_map: np.ndarray, volume: Volume) -> list[dict]:
+        """One report entry per connected component of ``keep``, largest first."""
+        labels, n = ndimage.label(keep)
         components = []
         if n:
             idx = np.arange(1, n + 1)
-            ones = np.ones_like(score_map)
+            ones = np.ones(keep.shape, dtype=np.float32)
             sizes = ndimage.sum_labels(ones, labels, idx)
             maxs = ndimage.maximum(score_map, labels, idx)
             means = ndimage.mean(score_map, labels, idx)
             centres = ndimage.center_of_mass(ones, labels, idx)
-            for i, size, mx, mean, c in zip(idx, sizes, maxs, means, centres):
-                ml = float(size) * volume.voxel_volume_ml
-                if ml < min_volume_ml:
-                    continue
-                keep |= labels == i
+            for size, mx, mean, c in zip(sizes, maxs, means, centres):
                 world = volume.affine @ np.array([*c, 1.0])
-                components.append({"volume_ml": round(ml, 3), "centroid_mm": [round(float(v), 2) for v in world[:3]],
+                components.append({"volume_ml": round(float(size) * volume.voxel_volume_ml, 3),
+                                   "centroid_mm": [round(float(v), 2) for v in world[:3]],
                                    "centroid_voxel": [round(float(v), 1) for v in c],
                                    "max_score": round(float(mx), 5), "mean_score": round(float(mean), 5)})
         components.sort(key=lambda c: -c["volume_ml"])
         for k, c in enumerate(components, start=1):
             c["id"] = k
-        return keep, components
+        return components
+
+    @classmethod
+    def _components(cls, score_map: np.ndarray, thr: float, volume: Volume, min_volume_ml: float,
+                    grow_mask: np.ndarray | None = None):
+        """``(finding mask, report entries)`` of one score map; see ``_findings``."""
+        keep = cls._findings(score_map, thr, volume.voxel_volume_ml, min_volume_ml, grow_mask)
+        return keep, cls._describe(keep, score_map, volume)
 
     def _min_volume(self, min_volume_ml: float | None) -> float:
         cal = dict(self.bundle.meta.get("calibration", {}))
@@ -447,11 +458,13 @@ class Predictor:
                      seed: int = 0, grow: str | None = "auto") -> DetectResult:
         """One subject's co-registered scans of several contrasts (e.g. T2 and FLAIR) together.
 
-        Each contrast is scored on its own, divided by its own threshold, and
-        the maps are combined by their voxel-wise maximum; the combined map is
-        thresholded at 1 (``--threshold`` then scales that level). Findings grow
-        through voxels above any contrast's calibrated grow threshold
-        (``grow="off"`` disables that).
+        Each contrast is scored on its own and divided by its own calibrated
+        threshold; the map written is their voxel-wise maximum. A contrast's
+        findings are its components above 1 (``--threshold`` scales that level),
+        each grown through that contrast's own grow region (``grow="off"``
+        disables growth), and the mask is the union over contrasts. A seed in
+        one contrast never grows through another contrast's grow region, whose
+        level was calibrated for that contrast's own seeds.
         """
         start = time.time()
         if len(volumes) < 1:
@@ -470,22 +483,25 @@ class Predictor:
                 raise InputError(f"--threshold must be auto or a number, got {threshold!r}") from None
         if grow not in (None, "auto", "off"):
             raise InputError("with several contrasts --grow must be auto or off")
-        combined, per, grow_mask = None, {}, None
+        min_ml = self._min_volume(min_volume_ml)
+        combined, keep, per, grown = None, np.zeros(ref.shape, dtype=bool), {}, False
         for name, vol in items:
             score_map, _, settings = self._score(vol, threshold="auto", ensemble=ensemble, strengths=None,
                                                  steps=steps, mask=mask, contrast=name, polarity="auto", seed=seed,
                                                  grow=grow)
             norm = score_map / max(settings["threshold"], 1e-12)
             combined = norm if combined is None else np.maximum(combined, norm)
-            if settings["grow_threshold"] is not None:
-                above = score_map > settings["grow_threshold"]
-                grow_mask = above if grow_mask is None else grow_mask | above
-            per[name] = {k: settings[k] for k in ("threshold", "threshold_source", "grow_threshold", "polarity")}
-        min_ml = self._min_volume(min_volume_ml)
-        keep, components = self._components(combined, level, ref, min_ml, grow_mask)
+            grow_thr = settings["grow_threshold"]
+            grown |= grow_thr is not None
+            found = self._findings(norm, level, ref.voxel_volume_ml, min_ml,
+                                   None if grow_thr is None else score_map > grow_thr)
+            keep |= found
+            per[name] = {**{k: settings[k] for k in ("threshold", "threshold_source", "grow_threshold", "polarity")},
+                         "found_ml": round(float(found.sum()) * ref.voxel_volume_ml, 3)}
+        components = self._describe(keep, combined, ref)
         settings = {"contrast": "+".join(volumes), "polarity": "per contrast", "threshold": level,
                     "threshold_source": "each contrast's map divided by its calibrated threshold",
-                    "grow_threshold": "per contrast" if grow_mask is not None else None,
+                    "grow_threshold": "per contrast" if grown else None,
                     "ensemble": ensemble, "strengths": None, "steps": steps}
         report = self._report(ref, settings, components, min_ml, start)
         report["inputs"] = {name: str(v.path) if v.path else None for name, v in items}
