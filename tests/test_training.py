@@ -109,6 +109,30 @@ def test_missing_config_file_is_an_input_error(tmp_path):
         load_config(tmp_path / "absent.yaml")
 
 
+
+def test_set_overrides_config_values_at_any_depth():
+    cfg = load_config(TINY, ["optim.lr=1e-4", "optim.seed=13", "model.patch_net.channels=[8, 16]",
+                             "detect.grow_percentiles=[95, 90]", "data.contrasts=[t2]"])
+    assert cfg.optim.lr == 1e-4 and isinstance(cfg.optim.lr, float) and cfg.optim.seed == 13
+    assert tuple(cfg.model.patch_net.channels) == (8, 16)
+    assert tuple(cfg.detect.grow_percentiles) == (95, 90) and tuple(cfg.data.contrasts) == ("t2",)
+    assert load_config(TINY) == load_config(TINY, [])  # the file itself is untouched
+
+
+@pytest.mark.parametrize("item,match", [("optim.lr", "SECTION.KEY=VALUE"), ("lr=1", "SECTION.KEY=VALUE"),
+                                        ("optim.=1", "SECTION.KEY=VALUE"), ("optim.bogus=1", "bogus"),
+                                        ("optim.lr.x=1", "not a section"), ("optim.lr=[1", "YAML"),
+                                        ("optim.lr=-1", "lr")])
+def test_bad_set_overrides_are_input_errors(item, match):
+    with pytest.raises(InputError, match=match):
+        load_config(TINY, [item])
+
+
+def test_train_cli_rejects_a_bad_set_in_one_line(tmp_path):
+    res = train(tmp_path / "run", "--set", "optim.bogus=1")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().count("\n") == 0 and "bogus" in res.stderr and not (tmp_path / "run").exists()
+
 # -- learning-rate schedule -----------------------------------------------------------------------------
 
 

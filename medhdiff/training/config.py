@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
@@ -129,6 +130,18 @@ class OptimConfig:
             setattr(self, name, float(getattr(self, name)))
         if not 0.0 <= self.ema_decay < 1.0:
             raise InputError("optim.ema_decay must be in [0, 1)")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"optim.lr must be a positive number, got {self.lr}")
+        for name in ("min_lr_ratio", "low_t_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InputError(f"optim.{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("weight_decay", "grad_clip", "steps_global", "steps_local", "warmup_steps", "validate_every",
+                     "seed"):
+            if not getattr(self, name) >= 0:
+                raise InputError(f"optim.{name} must not be negative, got {getattr(self, name)}")
+        for name in ("batch_global", "batch_local", "checkpoint_every", "log_every", "low_t_max"):
+            if getattr(self, name) < 1:
+                raise InputError(f"optim.{name} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -224,8 +237,36 @@ class TrainConfig:
                    description=str(d.get("description", "")))
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    """Read and validate a YAML (or JSON) training config."""
+def apply_override(raw: dict, item: str) -> None:
+    """Set one ``SECTION.KEY=VALUE`` (any depth, e.g. ``model.patch_net.channels=[8,16]``) in a raw config.
+
+    The value is read as YAML; a number YAML leaves as text (``1e-4``) becomes a float.
+    """
+    key, sep, text = item.partition("=")
+    parts = [k.strip() for k in key.split(".")]
+    if not sep or len(parts) < 2 or not all(parts):
+        raise InputError(f"--set expects SECTION.KEY=VALUE (e.g. optim.lr=1e-4), got {item!r}")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise InputError(f"--set {key}: {text!r} is not a valid YAML value") from None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    node = raw
+    for k in parts[:-1]:
+        if node.get(k) is None:
+            node[k] = {}
+        node = node[k]
+        if not isinstance(node, dict):
+            raise InputError(f"--set {key}: {k} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read and validate a YAML (or JSON) training config, with ``SECTION.KEY=VALUE`` overrides applied."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"no such config file: {p}")
@@ -237,4 +278,6 @@ def load_config(path: str | Path) -> TrainConfig:
         raise InputError(f"{p} is nested too deeply to be a training config") from None
     if not isinstance(raw, dict):
         raise InputError(f"{p}: expected a mapping of sections (model, preprocess, data, optim)")
-    return TrainConfig.from_dict(raw, where=str(p))
+    for item in overrides:
+        apply_override(raw, item)
+    return TrainConfig.from_dict(raw, where=str(p) + (" with --set" if overrides else ""))
