@@ -164,7 +164,7 @@ def test_grow_thresholds_are_calibrated_on_synthetic_tumours_and_read_by_detect(
     cfg.data.contrasts = ("t2",)
     settings = DetectConfig(strengths=(0.2,), steps=1, ensemble=1, healthy_volumes=1, lesion_volumes=1,
                             percentile=99.9, seed_percentiles=(99.5,), grow_percentiles=(99.7, 95.0, 90.0),
-                            max_healthy_fp_ml=0.5)
+                            max_healthy_fp_ml=0.5, min_useful_dice=0.0)
     cal = calibrate_detection(model, cfg, detect=settings)
     tumour = cal["synthetic_tumour"]["t2"]
     table = tumour["dice_and_healthy_fp_ml_by_seed_grow_percentile"]
@@ -190,6 +190,38 @@ def test_grow_thresholds_are_calibrated_on_synthetic_tumours_and_read_by_detect(
     with pytest.raises(InputError, match="--grow"):
         predictor.detect(scan, contrast="t2", grow="lots")
 
+
+
+def test_a_contrast_without_useful_dice_keeps_the_most_conservative_pair():
+    """Loosening the thresholds for a few % Dice on synthetic tumours is not worth real false positives."""
+    import numpy as np
+
+    from medhdiff.io import Volume
+    from medhdiff.training.calibrate import _pick_hysteresis
+
+    rng = np.random.default_rng(0)
+    healthy = [rng.random((30, 30, 30)).astype(np.float32) for _ in range(2)]
+    lesion = rng.random((30, 30, 30)).astype(np.float32)
+    ref = np.zeros(lesion.shape, bool)
+    ref[10:20, 10:20, 10:20] = True
+    lesion[ref] += 0.3 * rng.random(int(ref.sum())).astype(np.float32)   # a faint, patchy lesion
+    grid = Volume(np.zeros((1, 1, 1), np.float32), np.eye(4))
+
+    def findings(sc, thr, grow):
+        return Predictor._components(sc, thr, grid, 0.001, None if grow is None else sc > grow)[0]
+
+    values = np.concatenate([h.ravel() for h in healthy])
+    d = DetectConfig(percentile=99.99, seed_percentiles=(99.9, 99.0), grow_percentiles=(99.5, 95.0, 90.0),
+                     max_healthy_fp_ml=1e9, min_useful_dice=0.0)
+    free = _pick_hysteresis(values, healthy, [(lesion, ref)], d, findings, 0.001)
+    assert free["useful"] and free["dice"] == max(v[0] for v in free["table"].values()) > 0
+    strict = _pick_hysteresis(values, healthy, [(lesion, ref)], DetectConfig(**{**d.__dict__, "min_useful_dice": 1.0}),
+                              findings, 0.001)
+    assert not strict["useful"]
+    assert (strict["seed_percentile"], strict["grow_percentile"]) == (99.99, 99.5)
+    assert strict["threshold"] == pytest.approx(np.percentile(values, 99.99))
+    with pytest.raises(InputError, match="min_useful_dice"):
+        DetectConfig(min_useful_dice=1.5)
 
 def _tiny_scan():
     from test_tasks import small_scan

@@ -129,6 +129,7 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
     if grow_thresholds:
         calibration.update(grow_threshold={c: v["grow_threshold"] for c, v in grow_thresholds.items()},
                            hysteresis=grow_thresholds, max_healthy_fp_ml=d.max_healthy_fp_ml,
+                           min_useful_dice=d.min_useful_dice,
                            source=calibration["source"] + "; findings are seeded above one healthy-score percentile "
                                                           "and grow to a lower one: the pair of best Dice on held-out "
                                                           "synthetic tumours within the healthy false-positive budget")
@@ -147,8 +148,9 @@ def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, 
     its pooled Dice on the synthetic tumours. The pair of best Dice within
     ``d.max_healthy_fp_ml`` wins (ties: the higher, more conservative
     percentiles); if none fits the budget, the one with the fewest false
-    positives. Without tumours the seed is ``d.percentile`` and the grow
-    percentile the highest candidate.
+    positives. Without tumours, or where the winner's Dice is below
+    ``d.min_useful_dice`` (the model does not find tumours in this contrast),
+    the seed is ``d.percentile`` and the grow percentile the highest candidate.
     """
     seeds = sorted({d.percentile, *d.seed_percentiles}, reverse=True)
     level = {p: float(np.percentile(values, p)) for p in (*seeds, *d.grow_percentiles)}
@@ -170,7 +172,13 @@ def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, 
         best = max(fits, key=lambda r: (r["dice"], r["seed_percentile"], r["grow_percentile"]))
     else:
         best = min(table, key=lambda r: (r["healthy_fp_ml"], -r["seed_percentile"]))
-    log.info("hysteresis: seed p%s, grow p%s (Dice %.3f on synthetic tumours, %.2f mL on healthy)",
-             best["seed_percentile"], best["grow_percentile"], best["dice"], best["healthy_fp_ml"])
+    useful = not lesion_maps or best["dice"] >= d.min_useful_dice
+    if not useful:  # the most conservative pair: the highest seed, then the highest grow percentile
+        best = max(table, key=lambda r: (r["seed_percentile"], r["grow_percentile"]))
+    log.info("hysteresis: seed p%s, grow p%s (Dice %.3f on synthetic tumours, %.2f mL on healthy)%s",
+             best["seed_percentile"], best["grow_percentile"], best["dice"], best["healthy_fp_ml"],
+             "" if useful else f"; no pair reached Dice {d.min_useful_dice}, so the most conservative one")
+    if lesion_maps:
+        best = {**best, "useful": useful}
     return {**best, "threshold": level[best["seed_percentile"]], "grow_threshold": level[best["grow_percentile"]],
             "table": {f"{r['seed_percentile']}/{r['grow_percentile']}": [r["dice"], r["healthy_fp_ml"]] for r in table}}

@@ -159,7 +159,11 @@ class DetectConfig:
     ``grow_percentiles``): the pair whose masks give the best Dice on
     ``lesion_volumes`` held-out synthetic brains with an injected tumour, among
     pairs whose mean false-positive volume on the healthy brains is at most
-    ``max_healthy_fp_ml``. Without ``grow_percentiles``, and with
+    ``max_healthy_fp_ml``. Where even that pair reaches a Dice below
+    ``min_useful_dice``, the model does not find tumours in that contrast, and
+    loosening the seed threshold would only buy false positives on real scans:
+    the contrast keeps the conservative pair, seeds at ``percentile`` growing to
+    the highest of ``grow_percentiles``. Without ``grow_percentiles``, and with
     ``lesion_volumes > 0``, the single threshold is raised, where that helps,
     to the threshold of best Dice on those tumours.
     """
@@ -174,12 +178,13 @@ class DetectConfig:
     grow_percentiles: tuple[float, ...] = ()
     seed_percentiles: tuple[float, ...] = ()
     max_healthy_fp_ml: float = 1.0
+    min_useful_dice: float = 0.2
 
     def __post_init__(self) -> None:
         self.strengths = tuple(float(v) for v in self.strengths)
         self.grow_percentiles = tuple(float(v) for v in self.grow_percentiles)
         self.seed_percentiles = tuple(float(v) for v in self.seed_percentiles)
-        self.max_healthy_fp_ml = float(self.max_healthy_fp_ml)
+        self.max_healthy_fp_ml, self.min_useful_dice = float(self.max_healthy_fp_ml), float(self.min_useful_dice)
         for name in ("steps", "ensemble", "healthy_volumes", "lesion_volumes"):
             setattr(self, name, int(getattr(self, name)))
         self.percentile, self.min_volume_ml = float(self.percentile), float(self.min_volume_ml)
@@ -195,6 +200,8 @@ class DetectConfig:
             raise InputError("detect.grow_percentiles need a value below the lowest seed percentile")
         if self.max_healthy_fp_ml < 0:
             raise InputError("detect.max_healthy_fp_ml must be >= 0")
+        if not 0.0 <= self.min_useful_dice <= 1.0:
+            raise InputError("detect.min_useful_dice must be in [0, 1]")
 
 
 @dataclass
