@@ -9,8 +9,10 @@ scored too, and where the threshold of best Dice on them (pooled) is higher,
 it is used instead. With ``detect.grow_percentiles`` the threshold seeds
 findings instead, and the grow threshold they extend to (hysteresis) is the
 healthy-score percentile, among those candidates, whose masks (exactly as
-``detect`` forms them) score the best pooled Dice on the synthetic tumours.
-The settings and thresholds are stored in ``model.json`` under
+``detect`` forms them) score the best pooled Dice on the synthetic tumours,
+within a healthy false-positive budget; the seed percentile is chosen with it
+among ``detect.seed_percentiles``. A contrast where no pair reaches
+``detect.min_useful_dice`` keeps the most conservative pair. The settings and thresholds are stored in ``model.json`` under
 ``calibration``; ``--threshold auto`` reads them.
 """
 
