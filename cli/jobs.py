@@ -192,8 +192,9 @@ def detect(
 ) -> None:
     """Anomaly (e.g. tumour) detection: a score map, a mask and a JSON report per scan.
 
-    With --t1/--t2/--flair, one subject's co-registered scans are scored together: each contrast's
-    map is divided by its calibrated threshold and the maps are combined by their maximum.
+    With --t1/--t2/--flair, one subject's co-registered scans are scored together: the map is the
+    maximum of each contrast's map divided by its calibrated threshold, and the mask is the union of
+    each contrast's own findings (seeded and grown at that contrast's calibrated levels).
     """
     multi = {name: path for name, path in (("t1", t1), ("t2", t2), ("flair", flair)) if path is not None}
     if multi and inputs:
