@@ -28,7 +28,7 @@ def train(
     time_limit: float | None = typer.Option(None, "--time-limit", help="Stop after this many seconds (checkpointed, exported)."),
     init_weights: Path | None = typer.Option(None, "--init-weights", help="Start both stages from this model (folder or model.safetensors): fine-tuning. Overrides optim.init_weights."),
     calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="Calibrate the detection threshold on healthy synthetic volumes after training."),
-    overrides: list[str] = typer.Option([], "--set", help="Override one config value, SECTION.KEY=VALUE (YAML value; repeatable), e.g. --set optim.lr=1e-4."),
+    overrides: list[str] = typer.Option([], "--set", help="Override one config value, SECTION.KEY=VALUE (YAML value; repeatable), e.g. --set optim.lr=1e-4. Repeat them with --resume: a resumed run reads the config file again."),
 ) -> None:
     """Train the global and patch stages; writes RUN/model/model.safetensors + model.json."""
     from medhdiff.training import load_config, run_training

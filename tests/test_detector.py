@@ -211,14 +211,16 @@ def test_a_contrast_without_useful_dice_keeps_the_most_conservative_pair():
         return Predictor._components(sc, thr, grid, 0.001, None if grow is None else sc > grow)[0]
 
     values = np.concatenate([h.ravel() for h in healthy])
-    d = DetectConfig(percentile=99.99, seed_percentiles=(99.9, 99.0), grow_percentiles=(99.5, 95.0, 90.0),
+    # the most conservative seed is the highest candidate, here one of seed_percentiles, not `percentile`
+    d = DetectConfig(percentile=99.9, seed_percentiles=(99.99, 99.0), grow_percentiles=(99.5, 95.0, 90.0),
                      max_healthy_fp_ml=1e9, min_useful_dice=0.0)
     free = _pick_hysteresis(values, healthy, [(lesion, ref)], d, findings, 0.001)
     assert free["useful"] and free["dice"] == max(v[0] for v in free["table"].values()) > 0
     strict = _pick_hysteresis(values, healthy, [(lesion, ref)], DetectConfig(**{**d.__dict__, "min_useful_dice": 1.0}),
                               findings, 0.001)
     assert not strict["useful"]
-    assert (strict["seed_percentile"], strict["grow_percentile"]) == (99.99, 99.5)
+    assert (strict["seed_percentile"], strict["grow_percentile"]) == (99.99, 99.5) != (
+        free["seed_percentile"], free["grow_percentile"])
     assert strict["threshold"] == pytest.approx(np.percentile(values, 99.99))
     with pytest.raises(InputError, match="min_useful_dice"):
         DetectConfig(min_useful_dice=1.5)

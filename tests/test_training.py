@@ -111,18 +111,28 @@ def test_missing_config_file_is_an_input_error(tmp_path):
 
 
 def test_set_overrides_config_values_at_any_depth():
-    cfg = load_config(TINY, ["optim.lr=1e-4", "optim.seed=13", "model.patch_net.channels=[8, 16]",
-                             "detect.grow_percentiles=[95, 90]", "data.contrasts=[t2]"])
+    base = load_config(TINY)
+    cfg = load_config(TINY, ["optim.lr=1e-4", "optim.seed=13", "model.patch_net.channels=[4, 8]",
+                             "detect.grow_percentiles=[95, 90]", "data.contrasts=t2", "optim.amp=true"])
     assert cfg.optim.lr == 1e-4 and isinstance(cfg.optim.lr, float) and cfg.optim.seed == 13
-    assert tuple(cfg.model.patch_net.channels) == (8, 16)
-    assert tuple(cfg.detect.grow_percentiles) == (95, 90) and tuple(cfg.data.contrasts) == ("t2",)
-    assert load_config(TINY) == load_config(TINY, [])  # the file itself is untouched
+    assert tuple(base.model.patch_net.channels) != (4, 8) and tuple(cfg.model.patch_net.channels) == (4, 8)
+    assert tuple(cfg.detect.grow_percentiles) == (95, 90)
+    assert tuple(cfg.data.contrasts) == ("t2",)  # one value for a list key is a one-item list
+    assert cfg.optim.amp is True and base.optim.amp is False
+    unchanged = cfg.to_dict()
+    for section, key in (("optim", "lr"), ("optim", "seed"), ("optim", "amp"), ("data", "contrasts"),
+                         ("detect", "grow_percentiles"), ("model", "patch_net")):
+        unchanged[section][key] = base.to_dict()[section][key]
+    assert unchanged == base.to_dict()  # nothing else moved
+    assert load_config(TINY, ["data.labelmaps=inf"]).data.labelmaps == "inf"  # text stays text
 
 
 @pytest.mark.parametrize("item,match", [("optim.lr", "SECTION.KEY=VALUE"), ("lr=1", "SECTION.KEY=VALUE"),
                                         ("optim.=1", "SECTION.KEY=VALUE"), ("optim.bogus=1", "bogus"),
                                         ("optim.lr.x=1", "not a section"), ("optim.lr=[1", "YAML"),
-                                        ("optim.lr=-1", "lr")])
+                                        ("optim.lr=-1", "lr"), ("optim.init_weights.x=1", "init_weights"),
+                                        ("optim.amp=maybe", "amp"), ("optim.steps_local=3.7", "whole number"),
+                                        ("optim.seed=true", "whole number")])
 def test_bad_set_overrides_are_input_errors(item, match):
     with pytest.raises(InputError, match=match):
         load_config(TINY, [item])
@@ -428,3 +438,12 @@ def test_checkpoint_save_recovers_when_only_the_old_copy_survived(tmp_path):
     save_checkpoint(folder, model=model, ema=ema, optimizer=opt, state={"step": 2})
     found = find_checkpoint(folder)
     assert found == folder and json.loads((found / "state.json").read_text())["step"] == 2
+
+
+def test_a_resumed_run_names_the_config_keys_that_changed():
+    from medhdiff.training.run import _changed_keys
+
+    old = load_config(TINY).to_dict()
+    new = load_config(TINY, ["optim.lr=5e-4", "model.patch_net.channels=[4, 8]"]).to_dict()
+    assert _changed_keys(old, new) == ["model.patch_net.channels", "optim.lr"]
+    assert _changed_keys(old, old) == []

@@ -11,8 +11,9 @@ findings instead, and the grow threshold they extend to (hysteresis) is the
 healthy-score percentile, among those candidates, whose masks (exactly as
 ``detect`` forms them) score the best pooled Dice on the synthetic tumours,
 within a healthy false-positive budget; the seed percentile is chosen with it
-among ``detect.seed_percentiles``. A contrast where no pair reaches
-``detect.min_useful_dice`` keeps the most conservative pair. The settings and thresholds are stored in ``model.json`` under
+among ``detect.seed_percentiles``. A contrast whose best pair within the
+budget stays below ``detect.min_useful_dice`` keeps the most conservative
+pair. The settings and thresholds are stored in ``model.json`` under
 ``calibration``; ``--threshold auto`` reads them.
 """
 
@@ -150,9 +151,10 @@ def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, 
     its pooled Dice on the synthetic tumours. The pair of best Dice within
     ``d.max_healthy_fp_ml`` wins (ties: the higher, more conservative
     percentiles); if none fits the budget, the one with the fewest false
-    positives. Without tumours, or where the winner's Dice is below
+    positives. Without tumours the seed is ``d.percentile`` and the grow
+    percentile the highest candidate. Where the winner's Dice is below
     ``d.min_useful_dice`` (the model does not find tumours in this contrast),
-    the seed is ``d.percentile`` and the grow percentile the highest candidate.
+    the most conservative pair is kept: the highest seed and grow percentiles.
     """
     seeds = sorted({d.percentile, *d.seed_percentiles}, reverse=True)
     level = {p: float(np.percentile(values, p)) for p in (*seeds, *d.grow_percentiles)}
@@ -179,7 +181,8 @@ def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, 
         best = max(table, key=lambda r: (r["seed_percentile"], r["grow_percentile"]))
     log.info("hysteresis: seed p%s, grow p%s (Dice %.3f on synthetic tumours, %.2f mL on healthy)%s",
              best["seed_percentile"], best["grow_percentile"], best["dice"], best["healthy_fp_ml"],
-             "" if useful else f"; no pair reached Dice {d.min_useful_dice}, so the most conservative one")
+             "" if useful else f"; the best pair within the false-positive budget stays below Dice "
+                                f"{d.min_useful_dice}, so the most conservative one")
     if lesion_maps:
         best = {**best, "useful": useful}
     return {**best, "threshold": level[best["seed_percentile"]], "grow_threshold": level[best["grow_percentile"]],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -125,7 +126,14 @@ class OptimConfig:
     def __post_init__(self) -> None:
         for name in ("steps_global", "steps_local", "batch_global", "batch_local", "warmup_steps",
                      "checkpoint_every", "validate_every", "log_every", "low_t_max", "seed"):
-            setattr(self, name, int(getattr(self, name)))
+            value = getattr(self, name)
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise InputError(f"optim.{name} must be a whole number, got {value!r}")
+            setattr(self, name, int(value))
+        if not isinstance(self.amp, bool):
+            raise InputError(f"optim.amp must be true or false, got {self.amp!r}")
+        if self.init_weights is not None and not isinstance(self.init_weights, str):
+            raise InputError(f"optim.init_weights must be a path to a model, got {self.init_weights!r}")
         for name in ("lr", "weight_decay", "min_lr_ratio", "ema_decay", "grad_clip", "low_t_fraction"):
             setattr(self, name, float(getattr(self, name)))
         if not 0.0 <= self.ema_decay < 1.0:
@@ -162,8 +170,8 @@ class DetectConfig:
     ``max_healthy_fp_ml``. Where even that pair reaches a Dice below
     ``min_useful_dice``, the model does not find tumours in that contrast, and
     loosening the seed threshold would only buy false positives on real scans:
-    the contrast keeps the conservative pair, seeds at ``percentile`` growing to
-    the highest of ``grow_percentiles``. Without ``grow_percentiles``, and with
+    the contrast keeps the most conservative pair: the highest seed percentile,
+    growing to the highest of ``grow_percentiles``. Without ``grow_percentiles``, and with
     ``lesion_volumes > 0``, the single threshold is raised, where that helps,
     to the threshold of best Dice on those tumours.
     """
@@ -244,10 +252,15 @@ class TrainConfig:
                    description=str(d.get("description", "")))
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def apply_override(raw: dict, item: str) -> None:
     """Set one ``SECTION.KEY=VALUE`` (any depth, e.g. ``model.patch_net.channels=[8,16]``) in a raw config.
 
-    The value is read as YAML; a number YAML leaves as text (``1e-4``) becomes a float.
+    The value is read as YAML; a number YAML leaves as text (``1e-4``) becomes a
+    float, and a single value given for a key the file holds as a list becomes a
+    one-item list (``data.contrasts=t2``).
     """
     key, sep, text = item.partition("=")
     parts = [k.strip() for k in key.split(".")]
@@ -257,18 +270,17 @@ def apply_override(raw: dict, item: str) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         raise InputError(f"--set {key}: {text!r} is not a valid YAML value") from None
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            pass
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value)
     node = raw
-    for k in parts[:-1]:
-        if node.get(k) is None:
+    for depth, k in enumerate(parts[:-1]):
+        if k not in node or (depth == 0 and node[k] is None):  # a missing (or empty top-level) section
             node[k] = {}
         node = node[k]
         if not isinstance(node, dict):
-            raise InputError(f"--set {key}: {k} is not a section")
+            raise InputError(f"--set {key}: {'.'.join(parts[:depth + 1])} is not a section")
+    if isinstance(node.get(parts[-1]), list) and not isinstance(value, (list, dict)) and value is not None:
+        value = [value]
     node[parts[-1]] = value
 
 

@@ -51,8 +51,10 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, stage: str = "both", 
         saved = run / "config.json"
         if resume and saved.is_file():
             old = json.loads(saved.read_text())
-            if old != cfg.to_dict():
-                log.warning("the config differs from the one this run started with; continuing with the new one")
+            changed = _changed_keys(old, cfg.to_dict())
+            if changed:
+                log.warning("the config differs from the one this run started with (%s); continuing with the new "
+                            "one", ", ".join(changed))
         _write_json(saved, cfg.to_dict())
         from medhdiff import __version__
 
@@ -86,3 +88,11 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, stage: str = "both", 
     if world > 1 and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return run / "model"
+
+
+def _changed_keys(old, new, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [] if old == new else [prefix or "(config)"]
+    keys = sorted(set(old) | set(new))
+    return [k for key in keys for k in _changed_keys(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)]
