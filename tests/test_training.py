@@ -113,11 +113,11 @@ def test_missing_config_file_is_an_input_error(tmp_path):
 def test_set_overrides_config_values_at_any_depth():
     base = load_config(TINY)
     cfg = load_config(TINY, ["optim.lr=1e-4", "optim.seed=13", "model.patch_net.channels=[4, 8]",
-                             "detect.grow_percentiles=[95, 90]", "data.contrasts=t2", "optim.amp=true"])
+                             "detect.grow_percentiles=[95, 90]", "data.contrasts=[t2]", "optim.amp=true"])
     assert cfg.optim.lr == 1e-4 and isinstance(cfg.optim.lr, float) and cfg.optim.seed == 13
     assert tuple(base.model.patch_net.channels) != (4, 8) and tuple(cfg.model.patch_net.channels) == (4, 8)
     assert tuple(cfg.detect.grow_percentiles) == (95, 90)
-    assert tuple(cfg.data.contrasts) == ("t2",)  # one value for a list key is a one-item list
+    assert tuple(cfg.data.contrasts) == ("t2",)
     assert cfg.optim.amp is True and base.optim.amp is False
     unchanged = cfg.to_dict()
     for section, key in (("optim", "lr"), ("optim", "seed"), ("optim", "amp"), ("data", "contrasts"),
@@ -127,12 +127,21 @@ def test_set_overrides_config_values_at_any_depth():
     assert load_config(TINY, ["data.labelmaps=inf"]).data.labelmaps == "inf"  # text stays text
 
 
+@pytest.mark.parametrize("section", ["data", "model"])
+def test_a_single_string_for_contrasts_is_refused_not_split_into_letters(tmp_path, section):
+    doc = tiny_doc()
+    doc[section]["contrasts"] = "t2"
+    with pytest.raises(InputError, match="sequence of names"):
+        load_config(write_yaml(tmp_path / "scalar.yaml", doc))
+
+
 @pytest.mark.parametrize("item,match", [("optim.lr", "SECTION.KEY=VALUE"), ("lr=1", "SECTION.KEY=VALUE"),
                                         ("optim.=1", "SECTION.KEY=VALUE"), ("optim.bogus=1", "bogus"),
                                         ("optim.lr.x=1", "not a section"), ("optim.lr=[1", "YAML"),
                                         ("optim.lr=-1", "lr"), ("optim.init_weights.x=1", "init_weights"),
                                         ("optim.amp=maybe", "amp"), ("optim.steps_local=3.7", "whole number"),
-                                        ("optim.seed=true", "whole number")])
+                                        ("optim.seed=true", "whole number"),
+                                        ("data.contrasts=t2", "sequence of names")])
 def test_bad_set_overrides_are_input_errors(item, match):
     with pytest.raises(InputError, match=match):
         load_config(TINY, [item])

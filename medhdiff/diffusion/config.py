@@ -31,6 +31,13 @@ def _check_keys(cls: type, data: Mapping[str, Any]) -> None:
         )
 
 
+def name_tuple(name: str, value: Any) -> tuple[str, ...]:
+    """A list of names; a single string (``contrasts: t2``) is refused rather than split into letters."""
+    if isinstance(value, str):
+        raise ValueError(f"{name} must be a sequence of names, not a single string")
+    return tuple(str(c) for c in value)
+
+
 def _int_tuple(name: str, value: Any, length: int | None = None) -> tuple[int, ...]:
     try:
         out = tuple(int(v) for v in value)
@@ -152,9 +159,7 @@ class ModelConfig:
         self.coarse_factor = int(self.coarse_factor)
         self.patch_size = _int_tuple("patch_size", self.patch_size, 3)  # type: ignore[assignment]
         self.patch_overlap = float(self.patch_overlap)
-        if isinstance(self.contrasts, str):
-            raise ValueError("contrasts must be a sequence of names, not a single string")
-        self.contrasts = tuple(str(c) for c in self.contrasts)
+        self.contrasts = name_tuple("contrasts", self.contrasts)
         if self.coarse_factor < 1:
             raise ValueError("coarse_factor must be >= 1")
         if any(p < 1 for p in self.patch_size):

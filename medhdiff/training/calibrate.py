@@ -61,12 +61,10 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
 
     thresholds, fp_ml, lesion_dice, grow_thresholds = {}, {}, {}, {}
     voxel_ml = spacing ** 3 / 1000.0
-    grid = Volume(np.zeros((1, 1, 1), np.float32), np.diag([spacing, spacing, spacing, 1.0]))
 
     def findings(sc: np.ndarray, thr: float, grow: float | None) -> np.ndarray:
         """The mask ``detect`` would return, in model space."""
-        keep, _ = Predictor._components(sc, thr, grid, d.min_volume_ml, None if grow is None else sc > grow)
-        return keep
+        return Predictor._findings(sc, thr, voxel_ml, d.min_volume_ml, None if grow is None else sc > grow)
 
     for contrast in cfg.data.contrasts:
         gen = HealthyBrainGenerator(contrast=contrast, spacing=spacing, noise_range=cfg.data.noise_range)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
 
-from medhdiff.diffusion.config import ModelConfig, _check_keys
+from medhdiff.diffusion.config import ModelConfig, _check_keys, name_tuple
 from medhdiff.errors import InputError
 from medhdiff.preprocess import PreprocessConfig
 
@@ -84,7 +83,7 @@ class DataConfig:
             raise InputError("data.heal_fraction needs data.source: synthetic (the healthy target is synthesised)")
         if self.source not in ("synthetic", "folder"):
             raise InputError(f"data.source must be synthetic or folder, got {self.source!r}")
-        self.contrasts = tuple(str(c) for c in self.contrasts)
+        self.contrasts = name_tuple("data.contrasts", self.contrasts)
         self.noise_range = tuple(float(v) for v in self.noise_range)  # type: ignore[assignment]
         self.coarse_shape = tuple(int(v) for v in self.coarse_shape)  # type: ignore[assignment]
         if len(self.coarse_shape) != 3:
@@ -252,15 +251,11 @@ class TrainConfig:
                    description=str(d.get("description", "")))
 
 
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
 def apply_override(raw: dict, item: str) -> None:
     """Set one ``SECTION.KEY=VALUE`` (any depth, e.g. ``model.patch_net.channels=[8,16]``) in a raw config.
 
-    The value is read as YAML; a number YAML leaves as text (``1e-4``) becomes a
-    float, and a single value given for a key the file holds as a list becomes a
-    one-item list (``data.contrasts=t2``).
+    The value is read as YAML and checked by the config classes, exactly as a
+    value in the file would be.
     """
     key, sep, text = item.partition("=")
     parts = [k.strip() for k in key.split(".")]
@@ -270,8 +265,6 @@ def apply_override(raw: dict, item: str) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         raise InputError(f"--set {key}: {text!r} is not a valid YAML value") from None
-    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-        value = float(value)
     node = raw
     for depth, k in enumerate(parts[:-1]):
         if k not in node or (depth == 0 and node[k] is None):  # a missing (or empty top-level) section
@@ -279,8 +272,6 @@ def apply_override(raw: dict, item: str) -> None:
         node = node[k]
         if not isinstance(node, dict):
             raise InputError(f"--set {key}: {'.'.join(parts[:depth + 1])} is not a section")
-    if isinstance(node.get(parts[-1]), list) and not isinstance(value, (list, dict)) and value is not None:
-        value = [value]
     node[parts[-1]] = value
 
 
