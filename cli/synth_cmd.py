@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from medhdiff.errors import InputError
 from medhdiff.io import Volume, atomic_path, save_volume
 from medhdiff.io.atomic import check_output_path
 from medhdiff_cli.batch import progress_bar
@@ -20,6 +21,7 @@ def synth(
     contrast: str = typer.Option("t1", "--contrast", help="t1, t2, flair or random."),
     lesions: bool = typer.Option(False, "--lesions", help="Inject a tumour-like lesion into each brain."),
     lesion_kind: str = typer.Option("tumor", "--lesion-kind", help="tumor or focal (small MS-like lesions)."),
+    lesion_contrast: str = typer.Option("1", "--lesion-contrast", help="Lesion conspicuity: a scale on the lesion's departure from the surrounding tissue, one value or LOW,HIGH drawn per lesion (1: the built-in contrast rules; 0.3: faint)."),
     labelmaps: Path | None = typer.Option(None, "--labelmaps", help="Folder of label maps (default: built-in MNI-derived map)."),
     seed: int = typer.Option(0, "--seed", help="Seed; the same seed reproduces the same volumes."),
     spacing: float = typer.Option(2.0, "--spacing", help="Voxel size in mm."),
@@ -29,6 +31,12 @@ def synth(
     """Write synth_NNNN.nii.gz, synth_NNNN_mask.nii.gz (lesion) and synth_NNNN_brainmask.nii.gz."""
     from medhdiff.synth.cohort import synthesize
 
+    try:
+        scale = tuple(float(v) for v in lesion_contrast.split(","))
+    except ValueError:
+        raise InputError(f"--lesion-contrast needs a number or LOW,HIGH, got {lesion_contrast!r}") from None
+    if len(scale) not in (1, 2):
+        raise InputError(f"--lesion-contrast needs a number or LOW,HIGH, got {lesion_contrast!r}")
     out.mkdir(parents=True, exist_ok=True)
     names = [(f"synth_{i:04d}.nii.gz", f"synth_{i:04d}_mask.nii.gz", f"synth_{i:04d}_brainmask.nii.gz")
              for i in range(n)]
@@ -39,7 +47,7 @@ def synth(
     with progress_bar() as bar:
         task = bar.add_task("synth", total=n)
         for case in synthesize(n, contrast, lesions=lesions, labelmaps=labelmaps, seed=seed, spacing=spacing,
-                               lesion_kind=lesion_kind):
+                               lesion_kind=lesion_kind, lesion_contrast=scale[0] if len(scale) == 1 else scale):
             ref = Volume(case.image, case.affine)
             img_name, mask_name, brain_name = names[case.index]
             save_volume(case.image, out / img_name, ref, kind="image", overwrite=overwrite)
@@ -47,7 +55,8 @@ def synth(
             save_volume(case.brain_mask, out / brain_name, ref, kind="mask", overwrite=overwrite)
             lesion_ml = float(case.lesion_mask.sum()) * ref.voxel_volume_ml
             meta.append({"image": img_name, "contrast": case.contrast, "labelmap": case.labelmap,
-                         "lesion_ml": round(lesion_ml, 3), "brain_ml": round(float(case.brain_mask.sum()) * ref.voxel_volume_ml, 1)})
+                         "lesion_ml": round(lesion_ml, 3),
+                         **({"lesion_contrast": round(case.info["lesion"]["contrast_scale"], 3)} if lesions else {}), "brain_ml": round(float(case.brain_mask.sum()) * ref.voxel_volume_ml, 1)})
             if png:
                 previews.append(case.image)
                 masks.append(case.lesion_mask if lesions else None)

@@ -31,7 +31,8 @@ def healing_config(fraction: float = 1.0, **optim) -> TrainConfig:
 
 
 @pytest.mark.parametrize("key, value", [("heal_fraction", 1.5), ("heal_fraction", -0.1), ("heal_min_t", 0),
-                                        ("heal_volume_ml", [5, 1]), ("heal_context_healthy", 1.5)])
+                                        ("heal_volume_ml", [5, 1]), ("heal_context_healthy", 1.5),
+                                        ("heal_contrast_scale", [0.8, 0.3]), ("heal_contrast_scale", [0, 1])])
 def test_healing_settings_are_validated(tmp_path, key, value):
     doc = yaml.safe_load(TINY.read_text())
     doc["data"][key] = value
@@ -66,6 +67,18 @@ def test_a_healing_volume_differs_from_its_target_only_around_the_lesion():
     # same grid and intensity scale: equal away from the lesion, different on it
     assert float(diff.max()) > 0.05
     assert float((diff < 1e-4).float().mean()) > 0.5
+
+
+def test_heal_contrast_scale_reaches_the_injected_lesions():
+    from medhdiff.training.datasets import SyntheticSource
+
+    def excess(scale):
+        cfg = healing_config(1.0)
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, heal_contrast_scale=scale))
+        raw = SyntheticSource(cfg).draw(np.random.default_rng(4))
+        return float(np.abs(raw.image - raw.healthy).sum())
+
+    assert 0.2 * excess((1.0, 1.0)) < excess((0.4, 0.4)) < 0.6 * excess((1.0, 1.0))
 
 
 def test_patch_items_of_a_healing_volume_carry_the_healthy_target():

@@ -370,6 +370,27 @@ def test_focal_without_wm_mask_and_defaults(synth):
     assert wm[mask > 0].mean() > 0.5
 
 
+@pytest.mark.parametrize("kind, contrast", [("tumor", "flair"), ("tumor", "t2"), ("focal", "flair"), ("tumor", "t1")])
+def test_contrast_scale_makes_the_same_lesion_fainter(synth, kind, contrast):
+    res = synth[contrast]
+    full = LesionInjector(kind, volume_ml=15.0 if kind == "tumor" else 1.0)
+    faint = LesionInjector(kind, volume_ml=15.0 if kind == "tumor" else 1.0, contrast_scale=0.4)
+    a, mask_a, info_a = full.inject(res.image, res.brain_mask, res.affine, contrast, seed=5)
+    b, mask_b, info_b = faint.inject(res.image, res.brain_mask, res.affine, contrast, seed=5)
+    np.testing.assert_array_equal(mask_a, mask_b)  # same lesion, only its conspicuity changes
+    assert info_a["contrast_scale"] == 1.0 and info_b["contrast_scale"] == pytest.approx(0.4)
+    on = mask_a > 0
+    ref = info_a["reference_intensity"]
+    assert info_b["reference_intensity"] == pytest.approx(ref)
+    # the lesion's mean departure from the surrounding tissue shrinks with the scale, keeping its sign
+    ratio = (b[on].mean() - ref) / (a[on].mean() - ref)
+    assert 0.25 < ratio < 0.6, ratio
+    # a range is drawn per lesion, inside its bounds
+    drawn = [LesionInjector(kind, volume_ml=5.0 if kind == "tumor" else 1.0, contrast_scale=(0.3, 0.7)).inject(
+        res.image, res.brain_mask, res.affine, contrast, seed=s)[2]["contrast_scale"] for s in (1, 2, 3)]
+    assert all(0.3 <= v <= 0.7 for v in drawn) and len(set(drawn)) == 3
+
+
 def test_lesion_reproducible_and_validated(synth):
     res = synth["t2"]
     inj = LesionInjector("tumor", volume_ml=(1.0, 10.0))
@@ -383,6 +404,9 @@ def test_lesion_reproducible_and_validated(synth):
         LesionInjector("cyst")
     with pytest.raises(ValueError):
         LesionInjector("tumor", volume_ml=(5.0, 1.0))
+    for bad in (0.0, -1.0, (0.8, 0.4)):
+        with pytest.raises(ValueError, match="contrast_scale"):
+            LesionInjector("tumor", contrast_scale=bad)
     with pytest.raises(ValueError):
         inj.inject(res.image, res.brain_mask, res.affine, "pd")
     with pytest.raises(ValueError):

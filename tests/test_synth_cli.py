@@ -51,3 +51,27 @@ def test_synth_refuses_existing_outputs(tmp_path):
     res = runner.invoke(app, args)
     assert res.exit_code == 2 and "exists" in res.stderr
     assert runner.invoke(app, args + ["--overwrite"]).exit_code == 0
+
+
+def test_synth_lesion_contrast_makes_fainter_lesions_and_is_validated(tmp_path):
+    def lesion_excess(out, scale):
+        res = runner.invoke(app, ["synth", "--n", "1", "--contrast", "flair", "--lesions", "--seed", "3",
+                                  "--spacing", "3", "--out", str(out), "--lesion-contrast", scale])
+        assert res.exit_code == 0, res.output
+        x = nib.load(str(out / "synth_0000.nii.gz")).get_fdata()
+        les = nib.load(str(out / "synth_0000_mask.nii.gz")).get_fdata() > 0
+        return x, les, json.loads((out / "synth.json").read_text())["cases"][0]["lesion_contrast"]
+
+    x1, les1, c1 = lesion_excess(tmp_path / "full", "1")
+    x2, les2, c2 = lesion_excess(tmp_path / "faint", "0.4")
+    np.testing.assert_array_equal(les1, les2)
+    assert c1 == 1.0 and c2 == 0.4
+    outside = ~les1
+    np.testing.assert_allclose(x1[outside], x2[outside])  # only the lesion changes
+    assert x2[les1].mean() < x1[les1].mean()
+    _, _, c3 = lesion_excess(tmp_path / "range", "0.3,0.6")
+    assert 0.3 <= c3 <= 0.6
+    for bad in ("abc", "0.6,0.3", "0", "1,2,3"):
+        res = runner.invoke(app, ["synth", "--n", "1", "--lesions", "--spacing", "4", "--out", str(tmp_path / "bad"),
+                                  "--lesion-contrast", bad])
+        assert res.exit_code == 2 and "lesion-contrast" in res.stderr, (bad, res.output)

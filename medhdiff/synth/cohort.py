@@ -37,8 +37,13 @@ def _labelmaps(folder: str | Path | None) -> list[tuple[str, Any]]:
 
 def synthesize(n: int, contrast: str = "t1", *, lesions: bool = False, labelmaps: str | Path | None = None,
                seed: int = 0, spacing: float = 2.0, lesion_kind: str = "tumor",
-               noise_range: tuple[float, float] = (0.0, 0.05)) -> Iterator[SynthCase]:
-    """Yield ``n`` cases; case ``i`` depends only on (``seed``, ``i``) and the options."""
+               noise_range: tuple[float, float] = (0.0, 0.05),
+               lesion_contrast: float | tuple[float, float] = 1.0) -> Iterator[SynthCase]:
+    """Yield ``n`` cases; case ``i`` depends only on (``seed``, ``i``) and the options.
+
+    ``lesion_contrast`` is the lesions' conspicuity (``LesionInjector``'s
+    ``contrast_scale``): one value, or a ``(low, high)`` range drawn per lesion.
+    """
     import nibabel as nib
 
     from medhdiff.synth.builtin import load_builtin_labelmap
@@ -55,7 +60,10 @@ def synthesize(n: int, contrast: str = "t1", *, lesions: bool = False, labelmaps
     sources = _labelmaps(labelmaps)
     loaded: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     generator = HealthyBrainGenerator(contrast=contrast, spacing=spacing, noise_range=noise_range)
-    injector = LesionInjector(kind=lesion_kind) if lesions else None
+    try:
+        injector = LesionInjector(kind=lesion_kind, contrast_scale=lesion_contrast) if lesions else None
+    except ValueError as exc:
+        raise InputError(f"--lesion-kind / --lesion-contrast: {exc}") from None
     for i in range(n):
         rng = np.random.default_rng([int(seed), i])
         name, path = sources[int(rng.integers(len(sources)))]

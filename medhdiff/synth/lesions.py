@@ -78,6 +78,10 @@ class LesionInjector:
         edema: tumour only: peritumoural oedema around the solid part.
         mass_effect: tumour only: push the surrounding tissue away from the centre.
         seed: seeds the stream of per-call seeds used when ``inject`` gets none.
+        contrast_scale: a value or a ``(low, high)`` range (drawn uniformly per
+            lesion) that scales every lesion intensity's departure from the
+            surrounding tissue: 1 keeps the contrast rules below, 0.3 makes a
+            lesion 30 % as conspicuous (faint oedema, low-grade tumours).
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class LesionInjector:
         edema: bool = True,
         mass_effect: bool = False,
         seed: int | None = None,
+        contrast_scale: float | tuple[float, float] = 1.0,
     ) -> None:
         kind = str(kind).lower()
         if kind == "tumour":
@@ -109,12 +114,17 @@ class LesionInjector:
         self.rim = bool(rim)
         self.edema = bool(edema)
         self.mass_effect = bool(mass_effect)
+        cs = (float(contrast_scale),) * 2 if np.isscalar(contrast_scale) else tuple(float(v) for v in contrast_scale)  # type: ignore[union-attr]
+        if len(cs) != 2 or not 0 < cs[0] <= cs[1]:
+            raise ValueError(f"contrast_scale must be positive with low <= high, got {contrast_scale}")
+        self.contrast_scale = cs
         self._seed_rng = np.random.default_rng(seed)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(kind={self.kind!r}, volume_ml={self.volume_ml}, necrosis={self.necrosis}, "
-            f"rim={self.rim}, edema={self.edema}, mass_effect={self.mass_effect})"
+            f"rim={self.rim}, edema={self.edema}, mass_effect={self.mass_effect}, "
+            f"contrast_scale={self.contrast_scale})"
         )
 
     # ------------------------------------------------------------------ public
@@ -167,6 +177,8 @@ class LesionInjector:
         if requested > 0.5 * brain_ml:
             raise ValueError(f"requested lesion volume {requested:.1f} mL exceeds half the brain ({brain_ml:.1f} mL)")
 
+        lo_c, hi_c = self.contrast_scale
+        scale = float(rng.uniform(lo_c, hi_c)) if hi_c > lo_c else lo_c
         depth = ndi.distance_transform_edt(brain, sampling=vox)  # mm to the brain edge
         wm = self._wm_candidates(image, brain, depth, contrast, wm_mask)
         info: dict[str, Any] = {
@@ -174,6 +186,7 @@ class LesionInjector:
             "seed": int(seed),
             "contrast": contrast,
             "requested_volume_ml": requested,
+            "contrast_scale": scale,
         }
         if self.kind == "tumor":
             out, mask = self._tumor(image, brain, depth, wm, vox, vox_ml, requested, contrast, rng, info)
@@ -317,7 +330,7 @@ class LesionInjector:
 
         ref = self._reference(image, brain, region, vox)
         p99 = float(np.percentile(image[brain], 99))
-        levels = self._tumor_levels(contrast, ref, p99, rng)
+        levels = {k: ref + info["contrast_scale"] * (v - ref) for k, v in self._tumor_levels(contrast, ref, p99, rng).items()}
         target_local = np.zeros(field.shape, dtype=np.float32)
         for k, name in ((1, "edema"), (2, "rim"), (3, "necrosis")):
             target_local[comp == k] = levels[name]
@@ -499,6 +512,7 @@ class LesionInjector:
             level = ref * u(0.6, 0.85)
         else:
             level = ref * u(0.5, 1.6)
+        level = ref + info["contrast_scale"] * (level - ref)
         target = np.where(region, np.float32(level), np.float32(0.0)).astype(np.float32)
         out = self._paint(image, brain, region, target, vox, rng, texture_amp=float(u(0.02, 0.06)), soft_mm=0.6)
         com = np.array(ndi.center_of_mass(region)) if region.any() else centres[0]

@@ -48,6 +48,9 @@ class DataConfig:
     ``heal_context_healthy`` is the share of healing volumes whose patch windows
     see the healthy coarse brain as their context (what a healing global stage
     returns); the rest see the lesioned one and must heal from the window alone.
+    ``heal_contrast_scale`` is the ``(low, high)`` range of the lesions'
+    conspicuity (``LesionInjector(contrast_scale=...)``): below 1 some lesions
+    are fainter than the injector's contrast rules make them.
     """
 
     source: str = "synthetic"
@@ -66,6 +69,7 @@ class DataConfig:
     heal_min_t: int = 250
     heal_volume_ml: tuple[float, float] = (1.0, 60.0)
     heal_context_healthy: float = 0.5
+    heal_contrast_scale: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
         self.heal_fraction = float(self.heal_fraction)
@@ -79,6 +83,9 @@ class DataConfig:
             raise InputError("data.heal_min_t must be >= 1")
         if len(self.heal_volume_ml) != 2 or not 0 < self.heal_volume_ml[0] <= self.heal_volume_ml[1]:
             raise InputError("data.heal_volume_ml needs [low, high] with 0 < low <= high")
+        self.heal_contrast_scale = tuple(float(v) for v in self.heal_contrast_scale)  # type: ignore[assignment]
+        if len(self.heal_contrast_scale) != 2 or not 0 < self.heal_contrast_scale[0] <= self.heal_contrast_scale[1]:
+            raise InputError("data.heal_contrast_scale needs [low, high] with 0 < low <= high")
         if self.heal_fraction > 0 and self.source != "synthetic":
             raise InputError("data.heal_fraction needs data.source: synthetic (the healthy target is synthesised)")
         if self.source not in ("synthetic", "folder"):

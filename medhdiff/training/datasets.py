@@ -113,7 +113,7 @@ class SyntheticSource:
             kind = "tumor" if rng.random() < 0.7 else "focal"
             lo, hi = self.cfg.data.heal_volume_ml
             vol_ml = (lo, hi) if kind == "tumor" else (min(lo, 0.1), min(hi, 3.0))
-            injector = LesionInjector(kind=kind, volume_ml=vol_ml)
+            injector = LesionInjector(kind=kind, volume_ml=vol_ml, contrast_scale=self.cfg.data.heal_contrast_scale)
             try:
                 lesioned, _, _ = injector.inject(res.image, brain, res.affine, contrast,
                                                  seed=int(rng.integers(2**31 - 1)),
