@@ -205,6 +205,13 @@ def main() -> None:
             targets.append(f"| healthy false-positive volume < 2 mL | worst {worst:.2f} mL | "
                            f"{'met' if worst < 2 else 'NOT met'} |")
             out.append("")
+        if det.get("conspicuity"):
+            out += _table("How faint a tumour `detect` finds: held-out synthetic tumours at full contrast and fainter "
+                          "(the same lesion, its departure from the surrounding tissue scaled; auto thresholds)",
+                          ["contrast", "seed", "contrast scale", "reference mL", "found mL", "Dice @auto", "seconds"],
+                          [f"| {r['contrast']} | {r['seed']} | {r['contrast_scale']:.1f} | {r['reference_ml']:.1f} | "
+                           f"{r['found_ml']:.1f} | {r['dice_auto']:.3f} | {r['seconds']:.0f} |"
+                           for r in det["conspicuity"]])
         if det.get("reconstruct"):
             out += _table("Healthy reconstruction of healthy synthetic brains (`reconstruct` defaults)",
                           ["input", "strength", "steps", "PSNR", "SSIM", "seconds"],
