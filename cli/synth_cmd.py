@@ -21,7 +21,7 @@ def synth(
     contrast: str = typer.Option("t1", "--contrast", help="t1, t2, flair or random."),
     lesions: bool = typer.Option(False, "--lesions", help="Inject a tumour-like lesion into each brain."),
     lesion_kind: str = typer.Option("tumor", "--lesion-kind", help="tumor or focal (small MS-like lesions)."),
-    lesion_contrast: str = typer.Option("1", "--lesion-contrast", help="Lesion conspicuity: a scale on the lesion's departure from the surrounding tissue, one value or LOW,HIGH drawn per lesion (1: the built-in contrast rules; 0.3: faint)."),
+    lesion_contrast: str = typer.Option("1", "--lesion-contrast", help="Lesion conspicuity in (0, 1]: a scale on the lesion's departure from the surrounding tissue, one value or LOW,HIGH drawn per lesion (1: the built-in contrast rules; 0.3: faint)."),
     labelmaps: Path | None = typer.Option(None, "--labelmaps", help="Folder of label maps (default: built-in MNI-derived map)."),
     seed: int = typer.Option(0, "--seed", help="Seed; the same seed reproduces the same volumes."),
     spacing: float = typer.Option(2.0, "--spacing", help="Voxel size in mm."),
@@ -35,8 +35,11 @@ def synth(
         scale = tuple(float(v) for v in lesion_contrast.split(","))
     except ValueError:
         raise InputError(f"--lesion-contrast needs a number or LOW,HIGH, got {lesion_contrast!r}") from None
-    if len(scale) not in (1, 2):
-        raise InputError(f"--lesion-contrast needs a number or LOW,HIGH, got {lesion_contrast!r}")
+    if len(scale) not in (1, 2) or not 0 < scale[0] <= scale[-1] <= 1:
+        raise InputError(f"--lesion-contrast needs a number in (0, 1] or LOW,HIGH with 0 < LOW <= HIGH <= 1, "
+                         f"got {lesion_contrast!r}")
+    if scale != (1.0,) and not lesions:
+        raise InputError("--lesion-contrast needs --lesions")
     out.mkdir(parents=True, exist_ok=True)
     names = [(f"synth_{i:04d}.nii.gz", f"synth_{i:04d}_mask.nii.gz", f"synth_{i:04d}_brainmask.nii.gz")
              for i in range(n)]

@@ -32,7 +32,8 @@ def healing_config(fraction: float = 1.0, **optim) -> TrainConfig:
 
 @pytest.mark.parametrize("key, value", [("heal_fraction", 1.5), ("heal_fraction", -0.1), ("heal_min_t", 0),
                                         ("heal_volume_ml", [5, 1]), ("heal_context_healthy", 1.5),
-                                        ("heal_contrast_scale", [0.8, 0.3]), ("heal_contrast_scale", [0, 1])])
+                                        ("heal_contrast_scale", [0.8, 0.3]), ("heal_contrast_scale", [0, 1]),
+                                        ("heal_contrast_scale", [0.5, 1.5]), ("heal_contrast_scale", [0.5, float("inf")])])
 def test_healing_settings_are_validated(tmp_path, key, value):
     doc = yaml.safe_load(TINY.read_text())
     doc["data"][key] = value

@@ -385,9 +385,21 @@ def test_contrast_scale_makes_the_same_lesion_fainter(synth, kind, contrast):
     # the lesion's mean departure from the surrounding tissue shrinks with the scale, keeping its sign
     ratio = (b[on].mean() - ref) / (a[on].mean() - ref)
     assert 0.25 < ratio < 0.6, ratio
-    # a range is drawn per lesion, inside its bounds
-    drawn = [LesionInjector(kind, volume_ml=5.0 if kind == "tumor" else 1.0, contrast_scale=(0.3, 0.7)).inject(
-        res.image, res.brain_mask, res.affine, contrast, seed=s)[2]["contrast_scale"] for s in (1, 2, 3)]
+    # the texture fades with the lesion: on a flat brain (no anatomy, no noise) all of the lesion's
+    # spread is its own structure and texture, and it shrinks with the scale
+    flat = np.where(res.brain_mask > 0, 0.5, 0.0).astype(np.float32)
+    fa, fmask, _ = full.inject(flat, res.brain_mask, res.affine, contrast, seed=5, wm_mask=res.brain_mask)
+    fb, _, _ = faint.inject(flat, res.brain_mask, res.affine, contrast, seed=5, wm_mask=res.brain_mask)
+    core = ndi.binary_erosion(fmask > 0, iterations=1) if kind == "tumor" else fmask > 0
+    assert fb[core].std() < 0.6 * fa[core].std()
+    # a range is drawn per lesion, inside its bounds, without moving or reshaping the lesion
+    ranged = LesionInjector(kind, volume_ml=15.0 if kind == "tumor" else 1.0, contrast_scale=(0.3, 0.7))
+    drawn = []
+    for s in (5, 6, 7):
+        _, mask_r, info_r = ranged.inject(res.image, res.brain_mask, res.affine, contrast, seed=s)
+        _, mask_1, _ = full.inject(res.image, res.brain_mask, res.affine, contrast, seed=s)
+        np.testing.assert_array_equal(mask_r, mask_1)
+        drawn.append(info_r["contrast_scale"])
     assert all(0.3 <= v <= 0.7 for v in drawn) and len(set(drawn)) == 3
 
 
@@ -404,7 +416,7 @@ def test_lesion_reproducible_and_validated(synth):
         LesionInjector("cyst")
     with pytest.raises(ValueError):
         LesionInjector("tumor", volume_ml=(5.0, 1.0))
-    for bad in (0.0, -1.0, (0.8, 0.4)):
+    for bad in (0.0, -1.0, (0.8, 0.4), 1.5, float("inf"), float("nan"), (0.5, float("inf"))):
         with pytest.raises(ValueError, match="contrast_scale"):
             LesionInjector("tumor", contrast_scale=bad)
     with pytest.raises(ValueError):

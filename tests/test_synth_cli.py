@@ -71,7 +71,11 @@ def test_synth_lesion_contrast_makes_fainter_lesions_and_is_validated(tmp_path):
     assert x2[les1].mean() < x1[les1].mean()
     _, _, c3 = lesion_excess(tmp_path / "range", "0.3,0.6")
     assert 0.3 <= c3 <= 0.6
-    for bad in ("abc", "0.6,0.3", "0", "1,2,3"):
+    for bad in ("abc", "0.6,0.3", "0", "1,2,3", "inf", "1,inf", "nan", "1.5"):
         res = runner.invoke(app, ["synth", "--n", "1", "--lesions", "--spacing", "4", "--out", str(tmp_path / "bad"),
                                   "--lesion-contrast", bad])
         assert res.exit_code == 2 and "lesion-contrast" in res.stderr, (bad, res.output)
+        assert not (tmp_path / "bad").exists()  # refused before anything is written
+    res = runner.invoke(app, ["synth", "--n", "1", "--spacing", "4", "--out", str(tmp_path / "nolesion"),
+                              "--lesion-contrast", "0.5"])
+    assert res.exit_code == 2 and "--lesions" in res.stderr

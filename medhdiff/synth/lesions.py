@@ -78,10 +78,14 @@ class LesionInjector:
         edema: tumour only: peritumoural oedema around the solid part.
         mass_effect: tumour only: push the surrounding tissue away from the centre.
         seed: seeds the stream of per-call seeds used when ``inject`` gets none.
-        contrast_scale: a value or a ``(low, high)`` range (drawn uniformly per
-            lesion) that scales every lesion intensity's departure from the
-            surrounding tissue: 1 keeps the contrast rules below, 0.3 makes a
-            lesion 30 % as conspicuous (faint oedema, low-grade tumours).
+        contrast_scale: a value in (0, 1] or a ``(low, high)`` range of them
+            (drawn uniformly per lesion, from a stream of its own, so the
+            lesion's shape and place do not depend on it) that scales the
+            lesion's departure from the reference intensity (the median of the
+            tissue in a shell around it), and its texture with it: 1 keeps the
+            contrast rules above, 0.3 makes a lesion 30 % as conspicuous (faint
+            oedema, low-grade tumours). The lesion region is painted as a whole,
+            so even a faint lesion replaces the anatomy under it.
     """
 
     def __init__(
@@ -115,8 +119,8 @@ class LesionInjector:
         self.edema = bool(edema)
         self.mass_effect = bool(mass_effect)
         cs = (float(contrast_scale),) * 2 if np.isscalar(contrast_scale) else tuple(float(v) for v in contrast_scale)  # type: ignore[union-attr]
-        if len(cs) != 2 or not 0 < cs[0] <= cs[1]:
-            raise ValueError(f"contrast_scale must be positive with low <= high, got {contrast_scale}")
+        if len(cs) != 2 or not 0 < cs[0] <= cs[1] <= 1:
+            raise ValueError(f"contrast_scale must be in (0, 1] with low <= high, got {contrast_scale}")
         self.contrast_scale = cs
         self._seed_rng = np.random.default_rng(seed)
 
@@ -178,7 +182,7 @@ class LesionInjector:
             raise ValueError(f"requested lesion volume {requested:.1f} mL exceeds half the brain ({brain_ml:.1f} mL)")
 
         lo_c, hi_c = self.contrast_scale
-        scale = float(rng.uniform(lo_c, hi_c)) if hi_c > lo_c else lo_c
+        scale = float(np.random.default_rng([int(seed), 1]).uniform(lo_c, hi_c)) if hi_c > lo_c else lo_c
         depth = ndi.distance_transform_edt(brain, sampling=vox)  # mm to the brain edge
         wm = self._wm_candidates(image, brain, depth, contrast, wm_mask)
         info: dict[str, Any] = {
@@ -330,7 +334,10 @@ class LesionInjector:
 
         ref = self._reference(image, brain, region, vox)
         p99 = float(np.percentile(image[brain], 99))
-        levels = {k: ref + info["contrast_scale"] * (v - ref) for k, v in self._tumor_levels(contrast, ref, p99, rng).items()}
+        levels = self._tumor_levels(contrast, ref, p99, rng)
+        scale = info["contrast_scale"]
+        if scale != 1.0:
+            levels = {k: ref + scale * (v - ref) for k, v in levels.items()}
         target_local = np.zeros(field.shape, dtype=np.float32)
         for k, name in ((1, "edema"), (2, "rim"), (3, "necrosis")):
             target_local[comp == k] = levels[name]
@@ -344,7 +351,7 @@ class LesionInjector:
         target = np.zeros(image.shape, dtype=np.float32)
         target[sl] = target_local
         out = self._paint(
-            image, brain, region, target, vox, rng, texture_amp=float(rng.uniform(0.04, 0.1)), soft_mm=1.2
+            image, brain, region, target, vox, rng, texture_amp=float(rng.uniform(0.04, 0.1)) * scale, soft_mm=1.2
         )
 
         info["components_ml"] = {
@@ -512,9 +519,11 @@ class LesionInjector:
             level = ref * u(0.6, 0.85)
         else:
             level = ref * u(0.5, 1.6)
-        level = ref + info["contrast_scale"] * (level - ref)
+        scale = info["contrast_scale"]
+        if scale != 1.0:
+            level = ref + scale * (level - ref)
         target = np.where(region, np.float32(level), np.float32(0.0)).astype(np.float32)
-        out = self._paint(image, brain, region, target, vox, rng, texture_amp=float(u(0.02, 0.06)), soft_mm=0.6)
+        out = self._paint(image, brain, region, target, vox, rng, texture_amp=float(u(0.02, 0.06)) * scale, soft_mm=0.6)
         com = np.array(ndi.center_of_mass(region)) if region.any() else centres[0]
         info["centre_vox"] = [int(round(c)) for c in com]
         info["n_lesions"] = n

@@ -48,9 +48,9 @@ class DataConfig:
     ``heal_context_healthy`` is the share of healing volumes whose patch windows
     see the healthy coarse brain as their context (what a healing global stage
     returns); the rest see the lesioned one and must heal from the window alone.
-    ``heal_contrast_scale`` is the ``(low, high)`` range of the lesions'
-    conspicuity (``LesionInjector(contrast_scale=...)``): below 1 some lesions
-    are fainter than the injector's contrast rules make them.
+    ``heal_contrast_scale`` is the ``(low, high)`` range, within (0, 1], of the
+    lesions' conspicuity (``LesionInjector(contrast_scale=...)``): below 1 some
+    lesions are fainter than the injector's contrast rules make them.
     """
 
     source: str = "synthetic"
@@ -84,8 +84,8 @@ class DataConfig:
         if len(self.heal_volume_ml) != 2 or not 0 < self.heal_volume_ml[0] <= self.heal_volume_ml[1]:
             raise InputError("data.heal_volume_ml needs [low, high] with 0 < low <= high")
         self.heal_contrast_scale = tuple(float(v) for v in self.heal_contrast_scale)  # type: ignore[assignment]
-        if len(self.heal_contrast_scale) != 2 or not 0 < self.heal_contrast_scale[0] <= self.heal_contrast_scale[1]:
-            raise InputError("data.heal_contrast_scale needs [low, high] with 0 < low <= high")
+        if len(self.heal_contrast_scale) != 2 or not 0 < self.heal_contrast_scale[0] <= self.heal_contrast_scale[1] <= 1:
+            raise InputError("data.heal_contrast_scale needs [low, high] with 0 < low <= high <= 1")
         if self.heal_fraction > 0 and self.source != "synthetic":
             raise InputError("data.heal_fraction needs data.source: synthetic (the healthy target is synthesised)")
         if self.source not in ("synthetic", "folder"):
