@@ -31,14 +31,13 @@ def synth(
     """Write synth_NNNN.nii.gz, synth_NNNN_mask.nii.gz (lesion) and synth_NNNN_brainmask.nii.gz."""
     from medhdiff.synth.cohort import synthesize
 
+    from medhdiff.synth.lesions import contrast_scale_range
+
     try:
-        scale = tuple(float(v) for v in lesion_contrast.split(","))
-    except ValueError:
-        raise InputError(f"--lesion-contrast needs a number or LOW,HIGH, got {lesion_contrast!r}") from None
-    if len(scale) not in (1, 2) or not 0 < scale[0] <= scale[-1] <= 1:
-        raise InputError(f"--lesion-contrast needs a number in (0, 1] or LOW,HIGH with 0 < LOW <= HIGH <= 1, "
-                         f"got {lesion_contrast!r}")
-    if scale != (1.0,) and not lesions:
+        scale = contrast_scale_range(lesion_contrast.split(","))
+    except ValueError as exc:
+        raise InputError(f"--lesion-contrast: {exc}") from None
+    if scale != (1.0, 1.0) and not lesions:
         raise InputError("--lesion-contrast needs --lesions")
     out.mkdir(parents=True, exist_ok=True)
     names = [(f"synth_{i:04d}.nii.gz", f"synth_{i:04d}_mask.nii.gz", f"synth_{i:04d}_brainmask.nii.gz")
@@ -50,7 +49,7 @@ def synth(
     with progress_bar() as bar:
         task = bar.add_task("synth", total=n)
         for case in synthesize(n, contrast, lesions=lesions, labelmaps=labelmaps, seed=seed, spacing=spacing,
-                               lesion_kind=lesion_kind, lesion_contrast=scale[0] if len(scale) == 1 else scale):
+                               lesion_kind=lesion_kind, lesion_contrast=scale):
             ref = Volume(case.image, case.affine)
             img_name, mask_name, brain_name = names[case.index]
             save_volume(case.image, out / img_name, ref, kind="image", overwrite=overwrite)
@@ -59,7 +58,8 @@ def synth(
             lesion_ml = float(case.lesion_mask.sum()) * ref.voxel_volume_ml
             meta.append({"image": img_name, "contrast": case.contrast, "labelmap": case.labelmap,
                          "lesion_ml": round(lesion_ml, 3),
-                         **({"lesion_contrast": round(case.info["lesion"]["contrast_scale"], 3)} if lesions else {}), "brain_ml": round(float(case.brain_mask.sum()) * ref.voxel_volume_ml, 1)})
+                         **({"lesion_contrast": round(case.info["lesion"]["contrast_scale"], 3)} if lesions else {}),
+                         "brain_ml": round(float(case.brain_mask.sum()) * ref.voxel_volume_ml, 1)})
             if png:
                 previews.append(case.image)
                 masks.append(case.lesion_mask if lesions else None)

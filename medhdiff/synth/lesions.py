@@ -20,12 +20,24 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LesionInjector", "LESION_KINDS", "DEFAULT_VOLUME_ML"]
+__all__ = ["LesionInjector", "LESION_KINDS", "DEFAULT_VOLUME_ML", "contrast_scale_range"]
 
 LESION_KINDS = ("tumor", "focal")
 DEFAULT_VOLUME_ML: dict[str, tuple[float, float]] = {"tumor": (0.5, 60.0), "focal": (0.05, 2.0)}
 _CONTRASTS = ("t1", "t1c", "t2", "flair", "random")
 _TOLERANCE = 0.05  # aim for +/-5 % of the requested volume (the promise is +/-30 %)
+
+
+def contrast_scale_range(value: Any) -> tuple[float, float]:
+    """``(low, high)`` of a lesion conspicuity scale given as one value or a range; ValueError outside (0, 1]."""
+    try:
+        vals = (float(value),) if np.isscalar(value) else tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        vals = ()
+    if len(vals) not in (1, 2) or not 0 < vals[0] <= vals[-1] <= 1:
+        raise ValueError(f"contrast_scale needs a value in (0, 1] or [low, high] with 0 < low <= high <= 1, "
+                         f"got {value!r}")
+    return vals[0], vals[-1]
 
 
 def _voxel_sizes(affine: np.ndarray) -> np.ndarray:
@@ -118,10 +130,7 @@ class LesionInjector:
         self.rim = bool(rim)
         self.edema = bool(edema)
         self.mass_effect = bool(mass_effect)
-        cs = (float(contrast_scale),) * 2 if np.isscalar(contrast_scale) else tuple(float(v) for v in contrast_scale)  # type: ignore[union-attr]
-        if len(cs) != 2 or not 0 < cs[0] <= cs[1] <= 1:
-            raise ValueError(f"contrast_scale must be in (0, 1] with low <= high, got {contrast_scale}")
-        self.contrast_scale = cs
+        self.contrast_scale = contrast_scale_range(contrast_scale)
         self._seed_rng = np.random.default_rng(seed)
 
     def __repr__(self) -> str:

@@ -20,6 +20,7 @@ import yaml
 from medhdiff.diffusion.config import ModelConfig, _check_keys, name_tuple
 from medhdiff.errors import InputError
 from medhdiff.preprocess import PreprocessConfig
+from medhdiff.synth.lesions import contrast_scale_range
 
 
 def _check(cls: type, data: Mapping[str, Any], where: str) -> None:
@@ -83,9 +84,10 @@ class DataConfig:
             raise InputError("data.heal_min_t must be >= 1")
         if len(self.heal_volume_ml) != 2 or not 0 < self.heal_volume_ml[0] <= self.heal_volume_ml[1]:
             raise InputError("data.heal_volume_ml needs [low, high] with 0 < low <= high")
-        self.heal_contrast_scale = tuple(float(v) for v in self.heal_contrast_scale)  # type: ignore[assignment]
-        if len(self.heal_contrast_scale) != 2 or not 0 < self.heal_contrast_scale[0] <= self.heal_contrast_scale[1] <= 1:
-            raise InputError("data.heal_contrast_scale needs [low, high] with 0 < low <= high <= 1")
+        try:
+            self.heal_contrast_scale = contrast_scale_range(self.heal_contrast_scale)
+        except ValueError as exc:
+            raise InputError(f"data.heal_contrast_scale: {exc}") from None
         if self.heal_fraction > 0 and self.source != "synthetic":
             raise InputError("data.heal_fraction needs data.source: synthetic (the healthy target is synthesised)")
         if self.source not in ("synthetic", "folder"):
