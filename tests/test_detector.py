@@ -76,6 +76,27 @@ def test_the_shipped_detector_config_parses_with_its_settings():
     assert load_config(TINY).detect == DetectConfig()  # a config without the section keeps the defaults
 
 
+def test_the_shipped_detector_calibration_follows_its_recipe():
+    """model.json's calibration was made with configs/detector.yaml's detect settings, not older ones."""
+    from medhdiff.tasks.predictor import default_weights
+
+    folder = default_weights("detector")
+    if folder is None or folder.name != "detector":
+        pytest.skip("this installation has no bundled detection model")
+    d = load_config(REPO / "configs" / "detector.yaml").detect
+    cal = json.loads((folder / "model.json").read_text())["calibration"]
+    assert cal["volumes_per_contrast"] == d.healthy_volumes and cal["lesion_volumes"] == d.lesion_volumes
+    assert (cal["strengths"], cal["steps"], cal["ensemble"]) == (list(d.strengths), d.steps, d.ensemble)
+    assert cal["max_healthy_fp_ml"] == d.max_healthy_fp_ml
+    for contrast, pick in cal["hysteresis"].items():
+        assert pick["seed_percentile"] in {d.percentile, *d.seed_percentiles}
+        assert pick["grow_percentile"] in d.grow_percentiles
+        assert cal["threshold"][contrast] == pick["threshold"] > cal["grow_threshold"][contrast] == pick["grow_threshold"]
+        # every pair of the grid was scored on the synthetic tumours
+        table = cal["synthetic_tumour"][contrast]["dice_and_healthy_fp_ml_by_seed_grow_percentile"]
+        assert len(table) == sum(g < s for s in {d.percentile, *d.seed_percentiles} for g in d.grow_percentiles)
+
+
 def test_calibration_on_synthetic_tumours_stores_its_settings_and_never_lowers_the_threshold(model_dir, tmp_path):
     from medhdiff.training.calibrate import calibrate_detection
 
