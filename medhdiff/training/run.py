@@ -81,12 +81,16 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, stage: str = "both", 
         trainer.train()
     if rank == 0:
         export_model(cfg, run)
-        if calibrate:
-            from medhdiff.training.calibrate import calibrate_detection
-
-            calibrate_detection(run / "model", cfg, device=dev)
     if world > 1 and torch.distributed.is_initialized():
+        # All ranks leave the process group together, once rank 0 has exported: a rank that tore it down
+        # and exited while rank 0 was still busy sometimes aborted at exit (SIGABRT, a failed torchrun).
+        # Calibration needs no process group, so it comes after, and no rank waits on it.
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    if rank == 0 and calibrate:
+        from medhdiff.training.calibrate import calibrate_detection
+
+        calibrate_detection(run / "model", cfg, device=dev)
     return run / "model"
 
 
