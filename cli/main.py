@@ -8,6 +8,7 @@ import traceback
 import typer
 
 from medhdiff import __version__
+from medhdiff_cli.calibrate_cmd import calibrate
 from medhdiff_cli.common import one_line, runtime_message, setup_logging, state
 from medhdiff_cli.evaluate_cmd import evaluate
 from medhdiff_cli.info_cmd import info
@@ -44,6 +45,7 @@ def _root(
 
 app.command("info")(info)
 app.command("train")(train)
+app.command("calibrate")(calibrate)
 app.command("denoise")(denoise)
 app.command("reconstruct")(reconstruct)
 app.command("detect")(detect)

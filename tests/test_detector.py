@@ -193,7 +193,8 @@ def test_grow_thresholds_are_calibrated_on_synthetic_tumours_and_read_by_detect(
     assert set(table) == {"99.9/99.7", "99.9/95.0", "99.9/90.0", "99.5/95.0", "99.5/90.0"}
     chosen = cal["hysteresis"]["t2"]
     key = f"{chosen['seed_percentile']}/{chosen['grow_percentile']}"
-    assert table[key] == [tumour["dice_at_calibrated"], chosen["healthy_fp_ml"]]
+    assert table[key] == [tumour["dice_at_calibrated"], chosen["healthy_fp_ml"], chosen["healthy_fp_ml_worst"]]
+    assert all(worst >= mean for _, mean, worst in table.values())  # the worst healthy brain, beside the mean
     fits = [v for v in table.values() if v[1] <= 0.5]
     if fits:  # the best Dice within the false-positive budget
         assert chosen["healthy_fp_ml"] <= 0.5 and tumour["dice_at_calibrated"] == max(v[0] for v in fits)
@@ -253,3 +254,78 @@ def _tiny_scan():
 
     data, affine = small_scan(seed=3)
     return Volume(data, affine)
+
+
+def test_hysteresis_pick_honours_the_worst_healthy_brain_and_breaks_near_ties_conservatively():
+    """One healthy brain with a large false positive vetoes a pair even when the mean looks fine; and pairs
+    within the tie margin of the best Dice count as tied, the most conservative one winning."""
+    import numpy as np
+
+    from medhdiff.training.calibrate import _pick_hysteresis
+
+    values = np.linspace(0.0, 1.0, 100_001)
+    seeds, grows = (99.99, 99.9), (99.0, 95.0)
+    level = {p: float(np.percentile(values, p)) for p in (*seeds, *grows)}
+    healthy = [np.full((10, 10, 10), 1.0, np.float32), np.full((10, 10, 10), 2.0, np.float32)]
+    lesion = np.full((10, 10, 10), 3.0, np.float32)
+    ref = np.zeros(1000, bool)
+    ref[:100] = True
+    ref = ref.reshape(lesion.shape)
+    # per pair: false-positive voxels on healthy brain 1 and 2, and the found voxels inside the 100-voxel lesion
+    design = {(99.99, 99.0): (0, 0, 43), (99.99, 95.0): (0, 0, 44), (99.9, 99.0): (0, 3, 67), (99.9, 95.0): (1, 1, 45)}
+    by_level = {(level[s], level[g]): v for (s, g), v in design.items()}
+
+    def findings(sc, thr, grow):
+        n = by_level[(thr, grow)][int(sc.flat[0]) - 1]
+        out = np.zeros(1000, bool)
+        out[:n] = True
+        return out.reshape(sc.shape)
+
+    def pick(**kw):
+        d = DetectConfig(percentile=99.99, seed_percentiles=(99.9,), grow_percentiles=grows, min_useful_dice=0.0,
+                         **{"max_healthy_fp_ml": 2.0, **kw})
+        best = _pick_hysteresis(values, healthy, [(lesion, ref)], d, findings, 1.0)
+        return best["seed_percentile"], best["grow_percentile"]
+
+    assert pick() == (99.9, 99.0)  # mean 1.5 mL fits the budget although one brain holds 3 mL
+    assert pick(max_healthy_fp_ml_worst=2.0) == (99.9, 95.0)  # the worst brain vetoes it
+    assert pick(max_healthy_fp_ml_worst=2.0, dice_tie_margin=0.01) == (99.99, 95.0)
+    assert pick(max_healthy_fp_ml_worst=2.0, dice_tie_margin=0.02) == (99.99, 99.0)
+    # a zero budget: only pairs without a false positive on any healthy brain
+    assert pick(max_healthy_fp_ml=0.0, max_healthy_fp_ml_worst=0.0)[0] == 99.99
+    with pytest.raises(InputError, match="max_healthy_fp_ml_worst"):
+        DetectConfig(max_healthy_fp_ml=1.0, max_healthy_fp_ml_worst=0.5)
+    with pytest.raises(InputError, match="dice_tie_margin"):
+        DetectConfig(dice_tie_margin=-0.1)
+
+
+def test_calibrate_command_rewrites_only_the_calibration(model_dir, tmp_path):
+    """`medhdiff calibrate MODEL -c CONFIG` stores new thresholds; the weights and their sha256 stay."""
+    from typer.testing import CliRunner
+
+    from medhdiff_cli.main import app
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    before = json.loads((model / "model.json").read_text())
+    weights = (model / "model.safetensors").read_bytes()
+    sets = ["data.contrasts=[t2]", "detect.strengths=[0.2]", "detect.steps=1", "detect.ensemble=1",
+            "detect.healthy_volumes=2", "detect.lesion_volumes=1", "detect.percentile=99.9",
+            "detect.seed_percentiles=[99.5]", "detect.grow_percentiles=[95.0]", "detect.max_healthy_fp_ml_worst=3.0",
+            "detect.dice_tie_margin=0.02"]
+    args = ["calibrate", str(model), "-c", str(TINY), "--device", "cpu"]
+    for s in sets:
+        args += ["--set", s]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "t2" in result.output and "healthy FP" in result.output
+    after = json.loads((model / "model.json").read_text())
+    assert {k: v for k, v in after.items() if k != "calibration"} == {k: v for k, v in before.items()
+                                                                      if k != "calibration"}
+    assert (model / "model.safetensors").read_bytes() == weights
+    cal = after["calibration"]
+    assert set(cal["threshold"]) == {"t2"} and cal["volumes_per_contrast"] == 2
+    assert cal["max_healthy_fp_ml_worst"] == 3.0 and cal["dice_tie_margin"] == 0.02
+    assert cal["hysteresis"]["t2"]["healthy_fp_ml_worst"] >= cal["hysteresis"]["t2"]["healthy_fp_ml"]
+    bad = CliRunner().invoke(app, ["calibrate", str(tmp_path), "-c", str(TINY)])
+    assert bad.exit_code == 2 and "not a model folder" in bad.output

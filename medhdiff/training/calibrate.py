@@ -130,6 +130,7 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
     if grow_thresholds:
         calibration.update(grow_threshold={c: v["grow_threshold"] for c, v in grow_thresholds.items()},
                            hysteresis=grow_thresholds, max_healthy_fp_ml=d.max_healthy_fp_ml,
+                           max_healthy_fp_ml_worst=d.max_healthy_fp_ml_worst, dice_tie_margin=d.dice_tie_margin,
                            min_useful_dice=d.min_useful_dice,
                            source=calibration["source"] + "; findings are seeded above one healthy-score percentile "
                                                           "and grow to a lower one: the pair of best Dice on held-out "
@@ -145,11 +146,13 @@ def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, 
     """The (seed, grow) pair of healthy-score percentiles for hysteresis findings.
 
     Every pair with the grow percentile below the seed one is scored: its mean
-    false-positive volume on the healthy maps (after the component filter) and
-    its pooled Dice on the synthetic tumours. The pair of best Dice within
-    ``d.max_healthy_fp_ml`` wins (ties: the higher, more conservative
-    percentiles); if none fits the budget, the one with the fewest false
-    positives. Without tumours the seed is ``d.percentile`` and the grow
+    and worst false-positive volume over the healthy maps (after the component
+    filter) and its pooled Dice on the synthetic tumours. Among the pairs within
+    the budget (mean at most ``d.max_healthy_fp_ml``, worst at most
+    ``d.max_healthy_fp_ml_worst`` when set), those within ``d.dice_tie_margin``
+    of the best Dice tie, and the most conservative of them wins (the highest
+    seed, then grow, percentile); if none fits the budget, the one with the
+    fewest false positives (worst brain, then mean). Without tumours the seed is ``d.percentile`` and the grow
     percentile the highest candidate. Where the winner's Dice is below
     ``d.min_useful_dice`` (the model does not find tumours in this contrast),
     the most conservative pair is kept: the highest seed and grow percentiles.
@@ -162,18 +165,23 @@ def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, 
         pairs = [(sp, gp) for sp in seeds for gp in d.grow_percentiles if gp < sp]
     table = []
     for sp, gp in pairs:
-        fp = float(np.mean([findings(sc, level[sp], level[gp]).sum() for sc in healthy_maps])) * voxel_ml
+        per_brain = [float(findings(sc, level[sp], level[gp]).sum()) * voxel_ml for sc in healthy_maps]
+        fp, worst = float(np.mean(per_brain)), float(np.max(per_brain))
         inter = total = 0
         for sc, ref in lesion_maps:
             found = findings(sc, level[sp], level[gp])
             inter, total = inter + int((found & ref).sum()), total + int(found.sum() + ref.sum())
         table.append({"seed_percentile": sp, "grow_percentile": gp, "healthy_fp_ml": round(fp, 3),
-                      "dice": round(2.0 * inter / max(total, 1), 4)})
-    fits = [row for row in table if row["healthy_fp_ml"] <= d.max_healthy_fp_ml]
+                      "healthy_fp_ml_worst": round(worst, 3), "dice": round(2.0 * inter / max(total, 1), 4)})
+    worst_budget = np.inf if d.max_healthy_fp_ml_worst is None else d.max_healthy_fp_ml_worst
+    fits = [row for row in table if row["healthy_fp_ml"] <= d.max_healthy_fp_ml
+            and row["healthy_fp_ml_worst"] <= worst_budget]
     if fits:
-        best = max(fits, key=lambda r: (r["dice"], r["seed_percentile"], r["grow_percentile"]))
+        top = max(row["dice"] for row in fits)
+        tied = [row for row in fits if row["dice"] >= top - d.dice_tie_margin]
+        best = max(tied, key=lambda r: (r["seed_percentile"], r["grow_percentile"], r["dice"]))
     else:
-        best = min(table, key=lambda r: (r["healthy_fp_ml"], -r["seed_percentile"]))
+        best = min(table, key=lambda r: (r["healthy_fp_ml_worst"], r["healthy_fp_ml"], -r["seed_percentile"]))
     useful = not lesion_maps or best["dice"] >= d.min_useful_dice
     if not useful:  # the most conservative pair: the highest seed, then the highest grow percentile
         best = max(table, key=lambda r: (r["seed_percentile"], r["grow_percentile"]))
@@ -184,4 +192,5 @@ def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, 
     if lesion_maps:
         best = {**best, "useful": useful}
     return {**best, "threshold": level[best["seed_percentile"]], "grow_threshold": level[best["grow_percentile"]],
-            "table": {f"{r['seed_percentile']}/{r['grow_percentile']}": [r["dice"], r["healthy_fp_ml"]] for r in table}}
+            "table": {f"{r['seed_percentile']}/{r['grow_percentile']}": [r["dice"], r["healthy_fp_ml"],
+                                                                         r["healthy_fp_ml_worst"]] for r in table}}

@@ -175,7 +175,12 @@ class DetectConfig:
     ``grow_percentiles``): the pair whose masks give the best Dice on
     ``lesion_volumes`` held-out synthetic brains with an injected tumour, among
     pairs whose mean false-positive volume on the healthy brains is at most
-    ``max_healthy_fp_ml``. Where even that pair reaches a Dice below
+    ``max_healthy_fp_ml`` (and, with ``max_healthy_fp_ml_worst``, whose
+    false-positive volume on the worst of those brains is at most that). Pairs
+    within ``dice_tie_margin`` of the best Dice count as tied, and the most
+    conservative of them wins (the highest seed, then grow, percentile): a
+    Dice difference that small on a handful of synthetic tumours is noise, and
+    the looser pair costs extent on real scans. Where even that pair reaches a Dice below
     ``min_useful_dice``, the model does not find tumours in that contrast, and
     loosening the seed threshold would only buy false positives on real scans:
     the contrast keeps the most conservative pair: the highest seed percentile,
@@ -194,6 +199,8 @@ class DetectConfig:
     grow_percentiles: tuple[float, ...] = ()
     seed_percentiles: tuple[float, ...] = ()
     max_healthy_fp_ml: float = 1.0
+    max_healthy_fp_ml_worst: float | None = None
+    dice_tie_margin: float = 0.0
     min_useful_dice: float = 0.2
 
     def __post_init__(self) -> None:
@@ -201,6 +208,9 @@ class DetectConfig:
         self.grow_percentiles = tuple(float(v) for v in self.grow_percentiles)
         self.seed_percentiles = tuple(float(v) for v in self.seed_percentiles)
         self.max_healthy_fp_ml, self.min_useful_dice = float(self.max_healthy_fp_ml), float(self.min_useful_dice)
+        self.dice_tie_margin = float(self.dice_tie_margin)
+        if self.max_healthy_fp_ml_worst is not None:
+            self.max_healthy_fp_ml_worst = float(self.max_healthy_fp_ml_worst)
         for name in ("steps", "ensemble", "healthy_volumes", "lesion_volumes"):
             setattr(self, name, int(getattr(self, name)))
         self.percentile, self.min_volume_ml = float(self.percentile), float(self.min_volume_ml)
@@ -214,8 +224,12 @@ class DetectConfig:
             raise InputError("detect.grow_percentiles and seed_percentiles must lie in [50, 100)")
         if self.grow_percentiles and min(self.grow_percentiles) >= min((self.percentile, *self.seed_percentiles)):
             raise InputError("detect.grow_percentiles need a value below the lowest seed percentile")
-        if self.max_healthy_fp_ml < 0:
-            raise InputError("detect.max_healthy_fp_ml must be >= 0")
+        if not self.max_healthy_fp_ml >= 0 or not (self.max_healthy_fp_ml_worst is None
+                                                   or self.max_healthy_fp_ml_worst >= self.max_healthy_fp_ml):
+            raise InputError("detect.max_healthy_fp_ml must be >= 0, and max_healthy_fp_ml_worst (when set) at least "
+                             "as large")
+        if not 0.0 <= self.dice_tie_margin < 1.0:
+            raise InputError("detect.dice_tie_margin must be in [0, 1)")
         if not 0.0 <= self.min_useful_dice <= 1.0:
             raise InputError("detect.min_useful_dice must be in [0, 1]")
 

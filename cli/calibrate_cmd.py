@@ -1,0 +1,54 @@
+"""``medhdiff calibrate``: recalibrate a trained model's detection thresholds, weights untouched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from medhdiff.device import resolve_device, set_threads
+from medhdiff.errors import InputError
+from medhdiff_cli.common import console, handle_errors
+
+
+@handle_errors
+def calibrate(
+    model: Path = typer.Argument(..., help="Model folder (model.safetensors + model.json); its model.json is updated."),
+    config: Path = typer.Option(..., "--config", "-c", help="YAML config whose detect section (and data.contrasts, "
+                                                             "data.noise_range, preprocess.spacing) to calibrate with."),
+    overrides: list[str] = typer.Option([], "--set", help="Override one config value, SECTION.KEY=VALUE, e.g. "
+                                                          "--set detect.max_healthy_fp_ml=0.2 (repeatable)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads."),
+) -> None:
+    """Score held-out synthetic healthy brains and tumours and store new detection thresholds in MODEL/model.json.
+
+    Only the "calibration" entry changes; the weights and their sha256 stay as they are.
+    """
+    from medhdiff.training import load_config
+    from medhdiff.training.calibrate import calibrate_detection
+
+    if not (model.is_dir() and (model / "model.safetensors").is_file() and (model / "model.json").is_file()):
+        raise InputError(f"{model} is not a model folder (model.safetensors + model.json)")
+    set_threads(threads)
+    cfg = load_config(config, overrides)
+    dev = resolve_device(device)
+    with console.status(f"calibrating {', '.join(cfg.data.contrasts)} on synthetic brains"):
+        cal = calibrate_detection(model, cfg, device=dev)
+    table = Table(title=f"detection calibration written to {model / 'model.json'}", title_justify="left")
+    for col in ("contrast", "seed / grow percentile", "threshold / grow", "synthetic-tumour Dice",
+                "healthy FP mL (mean / worst)"):
+        table.add_column(col)
+    for contrast, thr in cal["threshold"].items():
+        h = cal.get("hysteresis", {}).get(contrast)
+        tumour = cal.get("synthetic_tumour", {}).get(contrast, {})
+        dice = tumour.get("dice_at_calibrated", tumour.get("best_dice"))
+        if h:
+            table.add_row(contrast, f"p{h['seed_percentile']} / p{h['grow_percentile']}",
+                          f"{thr:.4f} / {h['grow_threshold']:.4f}", "-" if dice is None else f"{dice:.3f}",
+                          f"{h['healthy_fp_ml']:.2f} / {h.get('healthy_fp_ml_worst', float('nan')):.2f}")
+        else:
+            table.add_row(contrast, f"p{cal['percentile']}", f"{thr:.4f}", "-" if dice is None else f"{dice:.3f}",
+                          f"{cal['healthy_fp_ml_at_percentile'][contrast]:.2f} / -")
+    console.print(table)
