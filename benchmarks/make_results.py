@@ -56,7 +56,9 @@ def _calibration_summary(cal: dict) -> dict:
     """The detection calibration without its per-candidate tables."""
     out = {k: v for k, v in cal.items() if not k.startswith("healthy_fp_ml") and k not in ("synthetic_tumour", "hysteresis")}
     for contrast, h in cal.get("hysteresis", {}).items():
-        out.setdefault("seed/grow percentile", {})[contrast] = f"{h['seed_percentile']}/{h['grow_percentile']}"
+        q = h.get("grow_intensity_percentile")
+        out.setdefault("seed/grow percentile", {})[contrast] = (f"{h['seed_percentile']}/{h['grow_percentile']}"
+                                                               + ("" if q is None else f" + intensity p{q}"))
     for contrast, t in cal.get("synthetic_tumour", {}).items():
         out.setdefault("synthetic tumour Dice", {})[contrast] = t.get("dice_at_calibrated", t.get("best_dice"))
     return out

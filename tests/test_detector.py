@@ -88,13 +88,19 @@ def test_the_shipped_detector_calibration_follows_its_recipe():
     assert cal["volumes_per_contrast"] == d.healthy_volumes and cal["lesion_volumes"] == d.lesion_volumes
     assert (cal["strengths"], cal["steps"], cal["ensemble"]) == (list(d.strengths), d.steps, d.ensemble)
     assert cal["max_healthy_fp_ml"] == d.max_healthy_fp_ml
+    assert cal.get("max_healthy_fp_ml_worst") == d.max_healthy_fp_ml_worst
+    assert cal.get("dice_tie_margin", 0.0) == d.dice_tie_margin
+    assert cal.get("grow_intensity_percentiles", []) == list(d.grow_intensity_percentiles)
     for contrast, pick in cal["hysteresis"].items():
+        assert pick.get("grow_intensity_percentile") in {None, *d.grow_intensity_percentiles}
+        assert cal.get("grow_intensity_percentile", {}).get(contrast) == pick.get("grow_intensity_percentile")
         assert pick["seed_percentile"] in {d.percentile, *d.seed_percentiles}
         assert pick["grow_percentile"] in d.grow_percentiles
         assert cal["threshold"][contrast] == pick["threshold"] > cal["grow_threshold"][contrast] == pick["grow_threshold"]
         # every pair of the grid was scored on the synthetic tumours
         table = cal["synthetic_tumour"][contrast]["dice_and_healthy_fp_ml_by_seed_grow_percentile"]
-        assert len(table) == sum(g < s for s in {d.percentile, *d.seed_percentiles} for g in d.grow_percentiles)
+        assert len(table) == (1 + len(d.grow_intensity_percentiles)) * sum(
+            g < s for s in {d.percentile, *d.seed_percentiles} for g in d.grow_percentiles)
 
 
 def test_calibration_on_synthetic_tumours_stores_its_settings_and_never_lowers_the_threshold(model_dir, tmp_path):
@@ -160,8 +166,8 @@ def test_multi_contrast_findings_grow_only_through_their_own_contrast(model_dir,
 
     def fake_score(self, volume, *, contrast, grow="auto", **_):
         settings = {"threshold": thr[contrast], "threshold_source": "test", "polarity": "bright",
-                    "grow_threshold": None if grow == "off" else 0.3}
-        return maps[contrast], None, settings
+                    "grow_threshold": None if grow == "off" else 0.3, "grow_intensity_percentile": None}
+        return maps[contrast], None, settings, None if grow == "off" else maps[contrast] > 0.3
 
     monkeypatch.setattr(Predictor, "_score", fake_score)
     pred = Predictor(model_dir, device="cpu")
@@ -227,19 +233,14 @@ def test_a_contrast_without_useful_dice_keeps_the_most_conservative_pair():
     ref = np.zeros(lesion.shape, bool)
     ref[10:20, 10:20, 10:20] = True
     lesion[ref] += 0.3 * rng.random(int(ref.sum())).astype(np.float32)   # a faint, patchy lesion
-    grid = Volume(np.zeros((1, 1, 1), np.float32), np.eye(4))
-
-    def findings(sc, thr, grow):
-        return Predictor._components(sc, thr, grid, 0.001, None if grow is None else sc > grow)[0]
-
     values = np.concatenate([h.ravel() for h in healthy])
     # the most conservative seed is the highest candidate, here one of seed_percentiles, not `percentile`
     d = DetectConfig(percentile=99.9, seed_percentiles=(99.99, 99.0), grow_percentiles=(99.5, 95.0, 90.0),
-                     max_healthy_fp_ml=1e9, min_useful_dice=0.0)
-    free = _pick_hysteresis(values, healthy, [(lesion, ref)], d, findings, 0.001)
+                     max_healthy_fp_ml=1e9, min_useful_dice=0.0, min_volume_ml=0.001)
+    free = _pick_hysteresis(values, healthy, [(lesion, ref)], d, 0.001)
     assert free["useful"] and free["dice"] == max(v[0] for v in free["table"].values()) > 0
     strict = _pick_hysteresis(values, healthy, [(lesion, ref)], DetectConfig(**{**d.__dict__, "min_useful_dice": 1.0}),
-                              findings, 0.001)
+                              0.001)
     assert not strict["useful"]
     assert (strict["seed_percentile"], strict["grow_percentile"]) == (99.99, 99.5) != (
         free["seed_percentile"], free["grow_percentile"])
@@ -256,12 +257,12 @@ def _tiny_scan():
     return Volume(data, affine)
 
 
-def test_hysteresis_pick_honours_the_worst_healthy_brain_and_breaks_near_ties_conservatively():
+def test_hysteresis_pick_honours_the_worst_healthy_brain_and_breaks_near_ties_conservatively(monkeypatch):
     """One healthy brain with a large false positive vetoes a pair even when the mean looks fine; and pairs
     within the tie margin of the best Dice count as tied, the most conservative one winning."""
     import numpy as np
 
-    from medhdiff.training.calibrate import _pick_hysteresis
+    from medhdiff.training import calibrate
 
     values = np.linspace(0.0, 1.0, 100_001)
     seeds, grows = (99.99, 99.9), (99.0, 95.0)
@@ -275,16 +276,20 @@ def test_hysteresis_pick_honours_the_worst_healthy_brain_and_breaks_near_ties_co
     design = {(99.99, 99.0): (0, 0, 43), (99.99, 95.0): (0, 0, 44), (99.9, 99.0): (0, 3, 67), (99.9, 95.0): (1, 1, 45)}
     by_level = {(level[s], level[g]): v for (s, g), v in design.items()}
 
-    def findings(sc, thr, grow):
-        n = by_level[(thr, grow)][int(sc.flat[0]) - 1]
-        out = np.zeros(1000, bool)
-        out[:n] = True
-        return out.reshape(sc.shape)
+    def masks(sc, seeds, grow_level, bright):
+        out = {}
+        for lv in seeds:
+            found = np.zeros(1000, bool)
+            found[:by_level[(lv, grow_level)][int(sc.flat[0]) - 1]] = True
+            out[lv] = found.reshape(sc.shape)
+        return out
+
+    monkeypatch.setattr(calibrate, "_hysteresis_masks", masks)
 
     def pick(**kw):
         d = DetectConfig(percentile=99.99, seed_percentiles=(99.9,), grow_percentiles=grows, min_useful_dice=0.0,
                          **{"max_healthy_fp_ml": 2.0, **kw})
-        best = _pick_hysteresis(values, healthy, [(lesion, ref)], d, findings, 1.0)
+        best = calibrate._pick_hysteresis(values, healthy, [(lesion, ref)], d, 1.0)
         return best["seed_percentile"], best["grow_percentile"]
 
     assert pick() == (99.9, 99.0)  # mean 1.5 mL fits the budget although one brain holds 3 mL
@@ -329,3 +334,67 @@ def test_calibrate_command_rewrites_only_the_calibration(model_dir, tmp_path):
     assert cal["hysteresis"]["t2"]["healthy_fp_ml_worst"] >= cal["hysteresis"]["t2"]["healthy_fp_ml"]
     bad = CliRunner().invoke(app, ["calibrate", str(tmp_path), "-c", str(TINY)])
     assert bad.exit_code == 2 and "not a model folder" in bad.output
+
+
+def test_one_labelling_per_grow_region_matches_detects_findings_for_every_seed_level():
+    """Calibration scores all seed levels through one labelling of the grow region; it must give exactly the
+    masks `detect` forms (Predictor._findings), with and without an intensity grow region."""
+    import numpy as np
+    from scipy import ndimage
+
+    from medhdiff.training.calibrate import _hysteresis_masks
+
+    rng = np.random.default_rng(1)
+    score = ndimage.gaussian_filter(rng.random((40, 40, 40)), 2).astype(np.float32)
+    bright = ndimage.gaussian_filter(rng.random(score.shape), 2) > 0.52
+    levels = [float(np.quantile(score, q)) for q in (0.999, 0.99, 0.97)]
+    grow = float(np.quantile(score, 0.8))
+    seeds = {lv: Predictor._findings(score, lv, 0.001, 0.005) for lv in levels}
+    for region in (None, bright):
+        masks = _hysteresis_masks(score, seeds, grow, region)
+        for lv in levels:
+            want = Predictor._findings(score, lv, 0.001, 0.005, (score > grow) if region is None
+                                       else (score > grow) | region)
+            assert seeds[lv].any() and (masks[lv] == want).all()
+        if region is not None:  # the intensity region only ever adds voxels connected to a seed
+            assert all((masks[lv] >= _hysteresis_masks(score, seeds, grow, None)[lv]).all() for lv in levels)
+
+
+def test_bright_region_is_the_scans_own_top_intensities_inside_the_scored_region():
+    import numpy as np
+
+    brain = np.zeros((30, 30, 30), bool)
+    brain[3:27, 3:27, 3:27] = True
+    image = np.where(brain, 0.5, 0.0).astype(np.float32)
+    image[10:16, 10:16, 10:16] = 0.9                  # 216 bright voxels of the 8000 scored ones
+    image[3:6, 3:6, 3:6] = 5.0                        # brighter still, but on the brain's rim (not scored)
+    region = Predictor.bright_region(image, brain, 97.0)
+    # the 3x3x3 median keeps the cube's interior and faces (216 - 8 corners - 48 edge voxels); the 97th
+    # percentile of the 8000 scored voxels is the background level, so exactly those are above it
+    assert region.sum() == 160 and region[11:15, 11:15, 11:15].all()
+    assert not region[3:6, 3:6, 3:6].any() and not region[~brain].any()
+    assert not Predictor.bright_region(image, brain, 99.9).any()  # its level is the cube's own intensity
+
+
+def test_detect_joins_the_calibrated_intensity_grow_region(model_dir, tmp_path):
+    """A calibrated grow_intensity_percentile widens the grow region (never the seeds); --grow off or a value
+    leaves it out, and the report says which applied."""
+    from medhdiff.diffusion.bundle import update_bundle_meta
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    scan = _tiny_scan()
+    cal = json.loads((model / "model.json").read_text()).get("calibration", {})
+    base = dict(cal, threshold={"t2": 0.05}, grow_threshold={"t2": 0.04})
+    update_bundle_meta(model, calibration=base)
+    plain = Predictor(model, device="cpu").detect(scan, contrast="t2", min_volume_ml=0.0)
+    update_bundle_meta(model, calibration=dict(base, grow_intensity_percentile={"t2": 50.0}))
+    pred = Predictor(model, device="cpu")
+    wide = pred.detect(scan, contrast="t2", min_volume_ml=0.0)
+    assert plain.report["grow_intensity_percentile"] is None and wide.report["grow_intensity_percentile"] == 50.0
+    assert (wide.mask >= plain.mask).all()
+    if plain.mask.any():
+        assert wide.mask.sum() > plain.mask.sum()
+    for grow in ("off", 0.04):
+        other = pred.detect(scan, contrast="t2", min_volume_ml=0.0, grow=grow)
+        assert other.report["grow_intensity_percentile"] is None and (other.mask <= wide.mask).all()

@@ -301,6 +301,20 @@ class Predictor:
         score = np.where(inner, score, 0.0).astype(np.float32)
         return score, np.mean(np.stack(recs), axis=0).astype(np.float32)
 
+    @staticmethod
+    def bright_region(image: np.ndarray, brain: np.ndarray, percentile: float) -> np.ndarray:
+        """Where the scan itself is bright: its median-filtered intensity above its own ``percentile``
+        inside the scored region (the brain mask eroded twice, as for the score), in model space.
+
+        An intensity grow region for findings: the per-scan percentile adapts to each scan's own
+        contrast, and only voxels connected to a seed of the residual score ever join.
+        """
+        inner = ndimage.binary_erosion(brain, iterations=2)
+        if not inner.any():
+            return inner
+        smooth = ndimage.median_filter(np.asarray(image, np.float32), size=3)
+        return (smooth > np.percentile(smooth[inner], percentile)) & inner
+
     def _score(self, volume: Volume, *, threshold, ensemble, strengths, steps, mask, contrast, polarity, seed,
                grow="auto"):
         """Score map on the input grid, reconstruction, and the thresholds that apply to it."""
@@ -337,9 +351,20 @@ class Predictor:
             except (TypeError, ValueError):
                 raise InputError(f"--threshold must be auto or a number, got {threshold!r}") from None
         grow_thr = self._grow_threshold(grow, cal, name, float(thr))
+        # the calibrated intensity grow region joins the score's one only with the calibrated grow level
+        table = cal.get("grow_intensity_percentile", {})
+        bright_p = table.get(name) if grow == "auto" and grow_thr is not None and isinstance(table, dict) else None
+        grow_mask = None
+        if grow_thr is not None:
+            grow_mask = score_map > grow_thr
+            if bright_p is not None:
+                bright = self.bright_region(prep.image, prep.mask, float(bright_p))
+                grow_mask |= self.preprocessor.inverse(bright.astype(np.float32), prep.record, kind="mask") > 0
         settings = {"contrast": name, "polarity": polarity, "threshold": float(thr), "threshold_source": thr_source,
-                    "grow_threshold": grow_thr, "ensemble": ensemble, "strengths": list(strengths), "steps": steps}
-        return score_map.astype(np.float32), reconstruction, settings
+                    "grow_threshold": grow_thr,
+                    "grow_intensity_percentile": None if bright_p is None else float(bright_p),
+                    "ensemble": ensemble, "strengths": list(strengths), "steps": steps}
+        return score_map.astype(np.float32), reconstruction, settings, grow_mask
 
     @staticmethod
     def _grow_threshold(grow, cal: dict, name: str, thr: float) -> float | None:
@@ -419,6 +444,7 @@ class Predictor:
         report = {
             "input": str(volume.path) if volume.path else None,
             **{k: settings[k] for k in ("contrast", "polarity", "threshold", "threshold_source", "grow_threshold")},
+            "grow_intensity_percentile": settings.get("grow_intensity_percentile"),
             "min_component_ml": min_volume_ml,
             "total_lesion_ml": round(float(sum(c["volume_ml"] for c in components)), 3),
             "n_components": len(components),
@@ -442,12 +468,10 @@ class Predictor:
         """
         start = time.time()
         min_ml = self._min_volume(min_volume_ml)
-        score_map, reconstruction, settings = self._score(
+        score_map, reconstruction, settings, grow_mask = self._score(
             volume, threshold=threshold, ensemble=ensemble, strengths=strengths, steps=steps, mask=mask,
             contrast=contrast, polarity=polarity, seed=seed, grow=grow)
-        grow_thr = settings["grow_threshold"]
-        keep, components = self._components(score_map, settings["threshold"], volume, min_ml,
-                                            None if grow_thr is None else score_map > grow_thr)
+        keep, components = self._components(score_map, settings["threshold"], volume, min_ml, grow_mask)
         report = self._report(volume, settings, components, min_ml, start)
         return DetectResult(score_map=score_map, mask=keep.astype(np.uint8), report=report,
                             reconstruction=reconstruction, seconds=time.time() - start)
@@ -486,17 +510,16 @@ class Predictor:
         min_ml = self._min_volume(min_volume_ml)
         combined, keep, per, grown = None, np.zeros(ref.shape, dtype=bool), {}, False
         for name, vol in items:
-            score_map, _, settings = self._score(vol, threshold="auto", ensemble=ensemble, strengths=None,
-                                                 steps=steps, mask=mask, contrast=name, polarity="auto", seed=seed,
-                                                 grow=grow)
+            score_map, _, settings, grow_mask = self._score(vol, threshold="auto", ensemble=ensemble, strengths=None,
+                                                            steps=steps, mask=mask, contrast=name, polarity="auto",
+                                                            seed=seed, grow=grow)
             norm = score_map / max(settings["threshold"], 1e-12)
             combined = norm if combined is None else np.maximum(combined, norm)
-            grow_thr = settings["grow_threshold"]
-            grown |= grow_thr is not None
-            found = self._findings(norm, level, ref.voxel_volume_ml, min_ml,
-                                   None if grow_thr is None else score_map > grow_thr)
+            grown |= grow_mask is not None
+            found = self._findings(norm, level, ref.voxel_volume_ml, min_ml, grow_mask)
             keep |= found
-            per[name] = {**{k: settings[k] for k in ("threshold", "threshold_source", "grow_threshold", "polarity")},
+            per[name] = {**{k: settings[k] for k in ("threshold", "threshold_source", "grow_threshold",
+                                                     "grow_intensity_percentile", "polarity")},
                          "found_ml": round(float(found.sum()) * ref.voxel_volume_ml, 3)}
         components = self._describe(keep, combined, ref)
         settings = {"contrast": "+".join(volumes), "polarity": "per contrast", "threshold": level,

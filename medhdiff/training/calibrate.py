@@ -62,20 +62,21 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
     thresholds, fp_ml, lesion_dice, grow_thresholds = {}, {}, {}, {}
     voxel_ml = spacing ** 3 / 1000.0
 
-    def findings(sc: np.ndarray, thr: float, grow: float | None) -> np.ndarray:
-        """The mask ``detect`` would return, in model space."""
-        return Predictor._findings(sc, thr, voxel_ml, d.min_volume_ml, None if grow is None else sc > grow)
+    def bright(prep) -> dict:
+        """The scan's intensity grow regions, one per candidate percentile."""
+        return {q: Predictor.bright_region(prep.image, prep.mask, q) for q in d.grow_intensity_percentiles}
 
     for contrast in cfg.data.contrasts:
         gen = HealthyBrainGenerator(contrast=contrast, spacing=spacing, noise_range=cfg.data.noise_range)
         label = predictor.class_label(contrast)
         polarity = "bright" if contrast in BRIGHT_LESION_CONTRASTS else "both"
-        pooled, healthy_maps = [], []
+        pooled, healthy_maps, healthy_bright, lesion_bright = [], [], [], []
         for i in range(d.healthy_volumes):
             res = gen.generate(labels, affine, seed=seed + i)
-            sc, inner, _ = score(res.image, res.affine, res.brain_mask > 0, label, polarity, seed + i)
+            sc, inner, prep = score(res.image, res.affine, res.brain_mask > 0, label, polarity, seed + i)
             pooled.append(sc[inner])
             healthy_maps.append(sc)
+            healthy_bright.append(bright(prep))
         values = np.concatenate(pooled)
         thr = float(np.percentile(values, d.percentile))
         fp_ml[contrast] = round(float((values > thr).sum()) * voxel_ml / d.healthy_volumes, 3)
@@ -100,12 +101,13 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
                 scores.append(sc[inner])
                 refs.append(ref[inner])
                 maps.append((sc, ref & inner))
+                lesion_bright.append(bright(prep))
             best, thr_dice = best_dice(np.concatenate(scores), np.concatenate(refs))
             lesion_dice[contrast] = {"best_dice": round(float(best), 4), "threshold": float(thr_dice)}
             if thr_dice > thr and not d.grow_percentiles:
                 thr = float(thr_dice)
         if d.grow_percentiles:
-            choice = _pick_hysteresis(values, healthy_maps, maps, d, findings, voxel_ml)
+            choice = _pick_hysteresis(values, healthy_maps, maps, d, voxel_ml, healthy_bright, lesion_bright)
             thr = choice["threshold"]
             grow_thresholds[contrast] = choice
             dice_at = choice.pop("dice")
@@ -129,6 +131,9 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
                                                           "held-out synthetic tumours where that was higher")
     if grow_thresholds:
         calibration.update(grow_threshold={c: v["grow_threshold"] for c, v in grow_thresholds.items()},
+                           grow_intensity_percentile={c: v["grow_intensity_percentile"]
+                                                      for c, v in grow_thresholds.items()},
+                           grow_intensity_percentiles=list(d.grow_intensity_percentiles),
                            hysteresis=grow_thresholds, max_healthy_fp_ml=d.max_healthy_fp_ml,
                            max_healthy_fp_ml_worst=d.max_healthy_fp_ml_worst, dice_tie_margin=d.dice_tie_margin,
                            min_useful_dice=d.min_useful_dice,
@@ -141,56 +146,111 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
     return calibration
 
 
-def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, d: DetectConfig, findings,
-                     voxel_ml: float) -> dict:
-    """The (seed, grow) pair of healthy-score percentiles for hysteresis findings.
+def _hysteresis_masks(score: np.ndarray, seeds: dict, grow_level: float, bright: np.ndarray | None) -> dict:
+    """What ``Predictor._findings`` returns for each seed mask in ``seeds`` (``{seed level: its components
+    of at least the minimum volume}``), all growing through one grow region: ``score > grow_level``, joined
+    by ``bright`` (the scan's intensity grow region) when given. Every seed level is at least
+    ``grow_level``, so each seed lies inside the grow region, and one labelling serves them all."""
+    grow = score > grow_level
+    if bright is not None:
+        grow |= bright
+    labels, n = ndimage.label(grow)
+    out = {}
+    for lv, seed in seeds.items():
+        hit = np.zeros(n + 1, dtype=bool)
+        hit[labels[seed]] = True
+        hit[0] = False
+        out[lv] = hit[labels] | seed
+    return out
 
-    Every pair with the grow percentile below the seed one is scored: its mean
-    and worst false-positive volume over the healthy maps (after the component
-    filter) and its pooled Dice on the synthetic tumours. Among the pairs within
-    the budget (mean at most ``d.max_healthy_fp_ml``, worst at most
-    ``d.max_healthy_fp_ml_worst`` when set), those within ``d.dice_tie_margin``
-    of the best Dice tie, and the most conservative of them wins (the highest
-    seed, then grow, percentile); if none fits the budget, the one with the
-    fewest false positives (worst brain, then mean). Without tumours the seed is ``d.percentile`` and the grow
-    percentile the highest candidate. Where the winner's Dice is below
-    ``d.min_useful_dice`` (the model does not find tumours in this contrast),
-    the most conservative pair is kept: the highest seed and grow percentiles.
+
+def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, d: DetectConfig,
+                     voxel_ml: float, healthy_bright: list | None = None, lesion_bright: list | None = None) -> dict:
+    """The (seed, grow) pair of healthy-score percentiles for hysteresis findings, and the intensity
+    grow percentile that joins the grow region (``None``: the score alone).
+
+    ``healthy_maps`` are score maps, ``lesion_maps`` ``(score, reference)`` pairs; with
+    ``d.grow_intensity_percentiles``, ``healthy_bright``/``lesion_bright`` give each map's
+    ``{percentile: Predictor.bright_region(...)}``. Every pair with the grow percentile below the seed
+    one, with each intensity option, is scored: its mean and worst false-positive volume over the
+    healthy maps (after the component filter) and its pooled Dice on the synthetic tumours. Among the
+    options within the budget (mean at most ``d.max_healthy_fp_ml``, worst at most
+    ``d.max_healthy_fp_ml_worst`` when set), those within ``d.dice_tie_margin`` of the best Dice tie, and
+    the most conservative of them wins (the highest seed percentile, then grow percentile, then no
+    intensity region before a higher intensity percentile); if none fits the budget, the one with the
+    fewest false positives (worst brain, then mean). Without tumours the seed is ``d.percentile`` and
+    the grow percentile the highest candidate. Where the winner's Dice is below ``d.min_useful_dice``
+    (the model does not find tumours in this contrast), the most conservative pair is kept: the highest
+    seed and grow percentiles, no intensity region.
     """
+    from medhdiff.tasks.predictor import Predictor
+
     seeds = sorted({d.percentile, *d.seed_percentiles}, reverse=True)
     level = {p: float(np.percentile(values, p)) for p in (*seeds, *d.grow_percentiles)}
-    if not lesion_maps:
-        pairs = [(d.percentile, max(d.grow_percentiles))]
-    else:
+    options: list[float | None] = [None]
+    if lesion_maps:
         pairs = [(sp, gp) for sp in seeds for gp in d.grow_percentiles if gp < sp]
-    table = []
-    for sp, gp in pairs:
-        per_brain = [float(findings(sc, level[sp], level[gp]).sum()) * voxel_ml for sc in healthy_maps]
-        fp, worst = float(np.mean(per_brain)), float(np.max(per_brain))
-        inter = total = 0
-        for sc, ref in lesion_maps:
-            found = findings(sc, level[sp], level[gp])
-            inter, total = inter + int((found & ref).sum()), total + int(found.sum() + ref.sum())
-        table.append({"seed_percentile": sp, "grow_percentile": gp, "healthy_fp_ml": round(fp, 3),
-                      "healthy_fp_ml_worst": round(worst, 3), "dice": round(2.0 * inter / max(total, 1), 4)})
+        options += sorted(d.grow_intensity_percentiles, reverse=True)
+    else:
+        pairs = [(d.percentile, max(d.grow_percentiles))]
+    grows = sorted({gp for _, gp in pairs}, reverse=True)
+
+    def found(sc: np.ndarray, bright: dict | None):
+        """Yields ``((seed p, grow p, intensity p), finding mask)`` for one map, one mask at a time."""
+        seed_masks = {level[sp]: Predictor._findings(sc, level[sp], voxel_ml, d.min_volume_ml)
+                      for sp in {sp for sp, _ in pairs}}
+        for gp in grows:
+            mine = {level[sp]: seed_masks[level[sp]] for sp, g in pairs if g == gp}
+            for q in options:
+                masks = _hysteresis_masks(sc, mine, level[gp], None if q is None else bright[q])
+                for sp, g in pairs:
+                    if g == gp:
+                        yield (sp, gp, q), masks[level[sp]]
+
+    keys = [(sp, gp, q) for sp, gp in pairs for q in options]
+    fp = {k: [] for k in keys}
+    for i, sc in enumerate(healthy_maps):
+        for k, mask in found(sc, None if healthy_bright is None else healthy_bright[i]):
+            fp[k].append(float(mask.sum()) * voxel_ml)
+    inter = {k: 0 for k in keys}
+    total = dict(inter)
+    for i, (sc, ref) in enumerate(lesion_maps):
+        for k, mask in found(sc, None if lesion_bright is None else lesion_bright[i]):
+            inter[k] += int((mask & ref).sum())
+            total[k] += int(mask.sum() + ref.sum())
+    table = [{"seed_percentile": sp, "grow_percentile": gp, "grow_intensity_percentile": q,
+              "healthy_fp_ml": round(float(np.mean(fp[(sp, gp, q)])), 3),
+              "healthy_fp_ml_worst": round(float(np.max(fp[(sp, gp, q)])), 3),
+              "dice": round(2.0 * inter[(sp, gp, q)] / max(total[(sp, gp, q)], 1), 4)} for sp, gp, q in keys]
+
+    def conservative(r: dict) -> tuple:
+        q = r["grow_intensity_percentile"]
+        return r["seed_percentile"], r["grow_percentile"], np.inf if q is None else q
+
     worst_budget = np.inf if d.max_healthy_fp_ml_worst is None else d.max_healthy_fp_ml_worst
     fits = [row for row in table if row["healthy_fp_ml"] <= d.max_healthy_fp_ml
             and row["healthy_fp_ml_worst"] <= worst_budget]
     if fits:
         top = max(row["dice"] for row in fits)
-        tied = [row for row in fits if row["dice"] >= top - d.dice_tie_margin]
-        best = max(tied, key=lambda r: (r["seed_percentile"], r["grow_percentile"], r["dice"]))
+        best = max((row for row in fits if row["dice"] >= top - d.dice_tie_margin), key=conservative)
     else:
         best = min(table, key=lambda r: (r["healthy_fp_ml_worst"], r["healthy_fp_ml"], -r["seed_percentile"]))
     useful = not lesion_maps or best["dice"] >= d.min_useful_dice
     if not useful:  # the most conservative pair: the highest seed, then the highest grow percentile
-        best = max(table, key=lambda r: (r["seed_percentile"], r["grow_percentile"]))
-    log.info("hysteresis: seed p%s, grow p%s (Dice %.3f on synthetic tumours, %.2f mL on healthy)%s",
-             best["seed_percentile"], best["grow_percentile"], best["dice"], best["healthy_fp_ml"],
+        best = max(table, key=conservative)
+    q = best["grow_intensity_percentile"]
+    log.info("hysteresis: seed p%s, grow p%s%s (Dice %.3f on synthetic tumours, %.2f mL on healthy, %.2f on the "
+             "worst)%s", best["seed_percentile"], best["grow_percentile"],
+             "" if q is None else f" or the scan's own intensity p{q}", best["dice"], best["healthy_fp_ml"],
+             best["healthy_fp_ml_worst"],
              "" if useful else f"; the best pair within the false-positive budget stays below Dice "
                                 f"{d.min_useful_dice}, so the most conservative one")
     if lesion_maps:
         best = {**best, "useful": useful}
+
+    def key(r: dict) -> str:
+        q = r["grow_intensity_percentile"]
+        return f"{r['seed_percentile']}/{r['grow_percentile']}" + ("" if q is None else f"/i{q}")
+
     return {**best, "threshold": level[best["seed_percentile"]], "grow_threshold": level[best["grow_percentile"]],
-            "table": {f"{r['seed_percentile']}/{r['grow_percentile']}": [r["dice"], r["healthy_fp_ml"],
-                                                                         r["healthy_fp_ml_worst"]] for r in table}}
+            "table": {key(r): [r["dice"], r["healthy_fp_ml"], r["healthy_fp_ml_worst"]] for r in table}}

@@ -180,7 +180,11 @@ class DetectConfig:
     within ``dice_tie_margin`` of the best Dice count as tied, and the most
     conservative of them wins (the highest seed, then grow, percentile): a
     Dice difference that small on a handful of synthetic tumours is noise, and
-    the looser pair costs extent on real scans. Where even that pair reaches a Dice below
+    the looser pair costs extent on real scans. With ``grow_intensity_percentiles``
+    each pair is also tried with the scan's own intensity grow region joined to
+    the score's one: its median-filtered intensity above that per-scan
+    percentile (``Predictor.bright_region``), reachable only from a seed; no
+    region counts as the most conservative option. Where even that pair reaches a Dice below
     ``min_useful_dice``, the model does not find tumours in that contrast, and
     loosening the seed threshold would only buy false positives on real scans:
     the contrast keeps the most conservative pair: the highest seed percentile,
@@ -200,6 +204,7 @@ class DetectConfig:
     seed_percentiles: tuple[float, ...] = ()
     max_healthy_fp_ml: float = 1.0
     max_healthy_fp_ml_worst: float | None = None
+    grow_intensity_percentiles: tuple[float, ...] = ()
     dice_tie_margin: float = 0.0
     min_useful_dice: float = 0.2
 
@@ -207,6 +212,7 @@ class DetectConfig:
         self.strengths = tuple(float(v) for v in self.strengths)
         self.grow_percentiles = tuple(float(v) for v in self.grow_percentiles)
         self.seed_percentiles = tuple(float(v) for v in self.seed_percentiles)
+        self.grow_intensity_percentiles = tuple(float(v) for v in self.grow_intensity_percentiles)
         self.max_healthy_fp_ml, self.min_useful_dice = float(self.max_healthy_fp_ml), float(self.min_useful_dice)
         self.dice_tie_margin = float(self.dice_tie_margin)
         if self.max_healthy_fp_ml_worst is not None:
@@ -220,8 +226,12 @@ class DetectConfig:
             raise InputError("detect: steps, ensemble and healthy_volumes must be >= 1, lesion_volumes >= 0")
         if not 50.0 <= self.percentile < 100.0:
             raise InputError("detect.percentile must be in [50, 100)")
-        if not all(50.0 <= v < 100.0 for v in (*self.grow_percentiles, *self.seed_percentiles)):
-            raise InputError("detect.grow_percentiles and seed_percentiles must lie in [50, 100)")
+        if not all(50.0 <= v < 100.0 for v in (*self.grow_percentiles, *self.seed_percentiles,
+                                               *self.grow_intensity_percentiles)):
+            raise InputError("detect.grow_percentiles, seed_percentiles and grow_intensity_percentiles must lie "
+                             "in [50, 100)")
+        if self.grow_intensity_percentiles and not self.grow_percentiles:
+            raise InputError("detect.grow_intensity_percentiles need grow_percentiles (hysteresis)")
         if self.grow_percentiles and min(self.grow_percentiles) >= min((self.percentile, *self.seed_percentiles)):
             raise InputError("detect.grow_percentiles need a value below the lowest seed percentile")
         if not self.max_healthy_fp_ml >= 0 or not (self.max_healthy_fp_ml_worst is None
