@@ -353,9 +353,13 @@ def test_one_labelling_per_grow_region_matches_detects_findings_for_every_seed_l
     for region in (None, bright):
         masks = _hysteresis_masks(score, seeds, grow, region)
         for lv in levels:
-            want = Predictor._findings(score, lv, 0.001, 0.005, (score > grow) if region is None
-                                       else (score > grow) | region)
+            grow_mask = (score > grow) if region is None else (score > grow) | region
+            want = Predictor._findings(score, lv, 0.001, 0.005, grow_mask)
+            # and independently of the shared code: the components of the grow region that hold a seed voxel
+            labels, n = ndimage.label(grow_mask | seeds[lv])
+            held = ndimage.maximum(seeds[lv], labels, np.arange(1, n + 1)) > 0
             assert seeds[lv].any() and (masks[lv] == want).all()
+            assert (want == np.concatenate([[False], held])[labels]).all()
         if region is not None:  # the intensity region only ever adds voxels connected to a seed
             assert all((masks[lv] >= _hysteresis_masks(score, seeds, grow, None)[lv]).all() for lv in levels)
 
@@ -368,12 +372,14 @@ def test_bright_region_is_the_scans_own_top_intensities_inside_the_scored_region
     image = np.where(brain, 0.5, 0.0).astype(np.float32)
     image[10:16, 10:16, 10:16] = 0.9                  # 216 bright voxels of the 8000 scored ones
     image[3:6, 3:6, 3:6] = 5.0                        # brighter still, but on the brain's rim (not scored)
-    region = Predictor.bright_region(image, brain, 97.0)
+    regions = Predictor.bright_regions(image, brain, (97.0, 99.9))
+    region = regions[97.0]
     # the 3x3x3 median keeps the cube's interior and faces (216 - 8 corners - 48 edge voxels); the 97th
     # percentile of the 8000 scored voxels is the background level, so exactly those are above it
     assert region.sum() == 160 and region[11:15, 11:15, 11:15].all()
     assert not region[3:6, 3:6, 3:6].any() and not region[~brain].any()
-    assert not Predictor.bright_region(image, brain, 99.9).any()  # its level is the cube's own intensity
+    assert not regions[99.9].any()  # its level is the cube's own intensity
+    assert (Predictor.bright_regions(image, brain, [97.0])[97.0] == region).all()  # one at a time: the same
 
 
 def test_detect_joins_the_calibrated_intensity_grow_region(model_dir, tmp_path):

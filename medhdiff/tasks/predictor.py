@@ -302,18 +302,19 @@ class Predictor:
         return score, np.mean(np.stack(recs), axis=0).astype(np.float32)
 
     @staticmethod
-    def bright_region(image: np.ndarray, brain: np.ndarray, percentile: float) -> np.ndarray:
-        """Where the scan itself is bright: its median-filtered intensity above its own ``percentile``
-        inside the scored region (the brain mask eroded twice, as for the score), in model space.
+    def bright_regions(image: np.ndarray, brain: np.ndarray, percentiles) -> dict[float, np.ndarray]:
+        """Where the scan itself is bright, per percentile: its median-filtered intensity above its own
+        ``percentile`` inside the scored region (the brain mask eroded twice, as for the score), in model
+        space. The filtering is done once for all the percentiles.
 
         An intensity grow region for findings: the per-scan percentile adapts to each scan's own
         contrast, and only voxels connected to a seed of the residual score ever join.
         """
         inner = ndimage.binary_erosion(brain, iterations=2)
         if not inner.any():
-            return inner
+            return {float(p): inner for p in percentiles}
         smooth = ndimage.median_filter(np.asarray(image, np.float32), size=3)
-        return (smooth > np.percentile(smooth[inner], percentile)) & inner
+        return {float(p): (smooth > np.percentile(smooth[inner], p)) & inner for p in percentiles}
 
     def _score(self, volume: Volume, *, threshold, ensemble, strengths, steps, mask, contrast, polarity, seed,
                grow="auto"):
@@ -358,7 +359,7 @@ class Predictor:
         if grow_thr is not None:
             grow_mask = score_map > grow_thr
             if bright_p is not None:
-                bright = self.bright_region(prep.image, prep.mask, float(bright_p))
+                bright = self.bright_regions(prep.image, prep.mask, [float(bright_p)])[float(bright_p)]
                 grow_mask |= self.preprocessor.inverse(bright.astype(np.float32), prep.record, kind="mask") > 0
         settings = {"contrast": name, "polarity": polarity, "threshold": float(thr), "threshold_source": thr_source,
                     "grow_threshold": grow_thr,
@@ -401,9 +402,23 @@ class Predictor:
         seeds = np.concatenate([[False], sizes >= min_volume_ml])[labels]
         if grow_mask is None or not seeds.any():
             return seeds
-        labels, n = ndimage.label(grow_mask | seeds)
-        hit = ndimage.maximum(seeds, labels, np.arange(1, n + 1)) > 0
-        return np.concatenate([[False], hit])[labels]
+        return Predictor._grow_seeds([seeds], grow_mask)[0]
+
+    @staticmethod
+    def _grow_seeds(seed_masks: list[np.ndarray], grow_mask: np.ndarray) -> list[np.ndarray]:
+        """Each seed mask grown to the connected components of ``grow_mask | seeds`` that it touches,
+        with one labelling for all of them (calibration grows several seed levels at once)."""
+        region = grow_mask.copy()
+        for seeds in seed_masks:
+            region |= seeds
+        labels, n = ndimage.label(region)
+        out = []
+        for seeds in seed_masks:
+            hit = np.zeros(n + 1, dtype=bool)
+            hit[labels[seeds]] = True
+            hit[0] = False
+            out.append(hit[labels])
+        return out
 
     @staticmethod
     def _describe(keep: np.ndarray, score_map: np.ndarray, volume: Volume) -> list[dict]:

@@ -64,7 +64,7 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
 
     def bright(prep) -> dict:
         """The scan's intensity grow regions, one per candidate percentile."""
-        return {q: Predictor.bright_region(prep.image, prep.mask, q) for q in d.grow_intensity_percentiles}
+        return Predictor.bright_regions(prep.image, prep.mask, d.grow_intensity_percentiles)
 
     for contrast in cfg.data.contrasts:
         gen = HealthyBrainGenerator(contrast=contrast, spacing=spacing, noise_range=cfg.data.noise_range)
@@ -151,17 +151,13 @@ def _hysteresis_masks(score: np.ndarray, seeds: dict, grow_level: float, bright:
     of at least the minimum volume}``), all growing through one grow region: ``score > grow_level``, joined
     by ``bright`` (the scan's intensity grow region) when given. Every seed level is at least
     ``grow_level``, so each seed lies inside the grow region, and one labelling serves them all."""
+    from medhdiff.tasks.predictor import Predictor
+
     grow = score > grow_level
     if bright is not None:
         grow |= bright
-    labels, n = ndimage.label(grow)
-    out = {}
-    for lv, seed in seeds.items():
-        hit = np.zeros(n + 1, dtype=bool)
-        hit[labels[seed]] = True
-        hit[0] = False
-        out[lv] = hit[labels] | seed
-    return out
+    levels = list(seeds)
+    return dict(zip(levels, Predictor._grow_seeds([seeds[lv] for lv in levels], grow)))
 
 
 def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, d: DetectConfig,
@@ -171,7 +167,7 @@ def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, 
 
     ``healthy_maps`` are score maps, ``lesion_maps`` ``(score, reference)`` pairs; with
     ``d.grow_intensity_percentiles``, ``healthy_bright``/``lesion_bright`` give each map's
-    ``{percentile: Predictor.bright_region(...)}``. Every pair with the grow percentile below the seed
+    ``{percentile: Predictor.bright_regions(...)}``. Every pair with the grow percentile below the seed
     one, with each intensity option, is scored: its mean and worst false-positive volume over the
     healthy maps (after the component filter) and its pooled Dice on the synthetic tumours. Among the
     options within the budget (mean at most ``d.max_healthy_fp_ml``, worst at most

@@ -183,7 +183,7 @@ class DetectConfig:
     the looser pair costs extent on real scans. With ``grow_intensity_percentiles``
     each pair is also tried with the scan's own intensity grow region joined to
     the score's one: its median-filtered intensity above that per-scan
-    percentile (``Predictor.bright_region``), reachable only from a seed; no
+    percentile (``Predictor.bright_regions``), reachable only from a seed; no
     region counts as the most conservative option. Where even that pair reaches a Dice below
     ``min_useful_dice``, the model does not find tumours in that contrast, and
     loosening the seed threshold would only buy false positives on real scans:
