@@ -9,6 +9,7 @@ from rich.table import Table
 
 from medhdiff.device import resolve_device, set_threads
 from medhdiff.errors import InputError
+from medhdiff_cli.batch import progress_bar
 from medhdiff_cli.common import console, handle_errors
 
 
@@ -34,8 +35,13 @@ def calibrate(
     set_threads(threads)
     cfg = load_config(config, overrides)
     dev = resolve_device(device)
-    with console.status(f"calibrating {', '.join(cfg.data.contrasts)} on synthetic brains"):
-        cal = calibrate_detection(model, cfg, device=dev)
+    with progress_bar() as bar:
+        task = bar.add_task("calibrating on synthetic brains", total=None)
+
+        def progress(contrast: str, done: int, total: int) -> None:
+            bar.update(task, description=f"calibrating {contrast}", completed=done, total=total)
+
+        cal = calibrate_detection(model, cfg, device=dev, progress=progress)
     table = Table(title=f"detection calibration written to {model / 'model.json'}", title_justify="left")
     for col in ("contrast", "seed / grow percentile", "threshold / grow", "synthetic-tumour Dice",
                 "healthy FP mL (mean / worst)"):

@@ -113,8 +113,12 @@ def test_calibration_on_synthetic_tumours_stores_its_settings_and_never_lowers_t
     healthy_only = calibrate_detection(model, cfg, detect=DetectConfig(strengths=(0.2,), steps=1, ensemble=1,
                                                                        healthy_volumes=1))
     assert "synthetic_tumour" not in healthy_only
+    ticks = []
     cal = calibrate_detection(model, cfg, detect=DetectConfig(strengths=(0.2,), steps=1, ensemble=1,
-                                                              healthy_volumes=1, lesion_volumes=1))
+                                                              healthy_volumes=1, lesion_volumes=1),
+                              progress=lambda *a: ticks.append(a))
+    # one progress call per scored brain: the healthy one, then the tumour
+    assert ticks == [("t2", 1, 2), ("t2", 2, 2)]
     assert cal["strengths"] == [0.2] and cal["steps"] == 1 and cal["ensemble"] == 1
     tumour = cal["synthetic_tumour"]["t2"]
     assert 0.0 < tumour["best_dice"] <= 1.0

@@ -20,6 +20,7 @@ pair. The settings and thresholds are stored in ``model.json`` under
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,13 @@ LESION_ML = (5.0, 60.0)
 
 
 def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.device | str = "cpu",
-                        detect: DetectConfig | None = None, seed: int = 900_000) -> dict:
+                        detect: DetectConfig | None = None, seed: int = 900_000,
+                        progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Calibrate ``model_dir``'s detection thresholds and store them in its ``model.json``.
+
+    ``progress(contrast, done, total)`` is called after each scored brain, ``total`` counting the
+    brains of all contrasts.
+    """
     from medhdiff.metrics import best_dice
     from medhdiff.synth import LesionInjector
     from medhdiff.synth import labels as synth_labels
@@ -61,6 +68,14 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
 
     thresholds, fp_ml, lesion_dice, grow_thresholds = {}, {}, {}, {}
     voxel_ml = spacing ** 3 / 1000.0
+    total = len(cfg.data.contrasts) * (d.healthy_volumes + d.lesion_volumes)
+    done = 0
+
+    def tick(contrast: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(contrast, done, total)
 
     def bright(prep) -> dict:
         """The scan's intensity grow regions, one per candidate percentile."""
@@ -77,6 +92,7 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
             pooled.append(sc[inner])
             healthy_maps.append(sc)
             healthy_bright.append(bright(prep))
+            tick(contrast)
         values = np.concatenate(pooled)
         thr = float(np.percentile(values, d.percentile))
         fp_ml[contrast] = round(float((values > thr).sum()) * voxel_ml / d.healthy_volumes, 3)
@@ -102,6 +118,7 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
                 refs.append(ref[inner])
                 maps.append((sc, ref & inner))
                 lesion_bright.append(bright(prep))
+                tick(contrast)
             best, thr_dice = best_dice(np.concatenate(scores), np.concatenate(refs))
             lesion_dice[contrast] = {"best_dice": round(float(best), 4), "threshold": float(thr_dice)}
             if thr_dice > thr and not d.grow_percentiles:
