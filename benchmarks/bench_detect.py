@@ -14,7 +14,7 @@ default model (or `--weights`), as the commands do.
   Beside `detect`'s Dice, the Dice of the seeds alone (no growth to the grow threshold), and the
   T2 and FLAIR scored together (`detect --t2 --flair`).
 * healthy: false-positive volume (mL, after the component filter) of `detect` at the auto threshold
-  on the MNI152 2009a T1 (from nilearn; skipped without it) and on `--healthy-n` (4) held-out synthetic
+  on the MNI152 2009a T1 (from nilearn; skipped without it) and on `--healthy-n` (8) held-out synthetic
   healthy brains of each contrast (1 mm, built-in label map, seeds training and calibration never draw;
   each seed draws its own tissue intensities, so the worst case matters, not only the typical one).
 * conspicuity: `detect` (auto thresholds) on held-out synthetic FLAIR and T2 tumours (1 mm, built-in
@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--also-default", action="store_true", help="also score the default model's residual")
     ap.add_argument("--contrasts", nargs="+", default=["t1", "t2", "flair"],
                     help="contrasts of the reconstruct and inpaint sections")
-    ap.add_argument("--healthy-n", type=int, default=4,
+    ap.add_argument("--healthy-n", type=int, default=8,
                     help="synthetic healthy brains per contrast in the healthy section (each a fresh contrast draw)")
     ap.add_argument("--tag", default="", help="suffix of the results file (detect<tag>.json)")
     args = ap.parse_args()
