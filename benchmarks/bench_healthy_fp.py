@@ -18,7 +18,8 @@ import argparse
 
 import numpy as np
 
-from common import machine, measure, save_results
+from bench_detect import healthy_false_positives, healthy_synthetic
+from common import machine, save_results
 
 
 def main() -> None:
@@ -28,32 +29,26 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=733_000, help="first seed")
     args = ap.parse_args()
 
-    from medhdiff.io import Volume
-    from medhdiff.synth import HealthyBrainGenerator, load_builtin_labelmap
+    from medhdiff.preprocess.normalize import fit_normalization, normalize
     from medhdiff.tasks.predictor import Predictor, default_weights
 
     run = machine()
     predictor = Predictor(default_weights("detector"), device="cpu")
-    labels, affine = load_builtin_labelmap()
-    gen = HealthyBrainGenerator(contrast=args.contrast, spacing=1.0, noise_range=(0.0, 0.0))
+    norm_cfg = predictor.preprocessor.config
     rows = []
     print("| seed | false-positive mL | seeds only, mL | scan intensity in findings (median) | seconds |")
     print("|---|---|---|---|---|")
-    for seed in range(args.seed, args.seed + args.n):
-        res = gen.generate(labels, affine, seed=seed)
-        vol = Volume(res.image, res.affine)
-        with measure() as m:
-            r = predictor.detect(vol, contrast=args.contrast, mask=res.brain_mask > 0)
-        _, single = predictor._components(r.score_map, r.report["threshold"], vol, r.report["min_component_ml"])
+    for i in range(args.n):
+        vol, brain = healthy_synthetic(args.contrast, i, first=args.seed)
+        row, r = healthy_false_positives(predictor, vol, brain, args.contrast)
         found = r.mask > 0
-        brain = res.brain_mask > 0
-        scale = float(np.percentile(res.image[brain], 99.5))  # the normalisation's upper percentile
-        inside = round(float(np.median(res.image[found])) / scale, 2) if found.any() else None
-        row = {"seed": seed, "false_positive_ml": r.report["total_lesion_ml"],
-               "false_positive_ml_no_grow": round(sum(c["volume_ml"] for c in single), 3),
-               "intensity_in_findings": inside, "seconds": round(m.seconds, 1)}
+        # the scan normalised as detect normalises it (its brain's upper percentile is 1)
+        scan = normalize(vol.data, fit_normalization(vol.data, brain, norm_cfg.upper_percentile,
+                                                     norm_cfg.lower_percentile))
+        inside = round(float(np.median(scan[found])), 2) if found.any() else None
+        row = {"seed": args.seed + i, **row, "intensity_in_findings": inside}
         rows.append(row)
-        print(f"| {seed} | {row['false_positive_ml']:.2f} | {row['false_positive_ml_no_grow']:.2f} | "
+        print(f"| {row['seed']} | {row['false_positive_ml']:.2f} | {row['false_positive_ml_no_grow']:.2f} | "
               f"{'-' if inside is None else inside} | {row['seconds']:.0f} |", flush=True)
     fp = np.array([r["false_positive_ml"] for r in rows])
     print(f"\n{args.contrast}: {int((fp > 0).sum())} of {len(rows)} healthy brains with a finding; "

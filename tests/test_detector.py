@@ -384,6 +384,7 @@ def test_bright_region_is_the_scans_own_top_intensities_inside_the_scored_region
     assert not region[3:6, 3:6, 3:6].any() and not region[~brain].any()
     assert not regions[99.9].any()  # its level is the cube's own intensity
     assert (Predictor.bright_regions(image, brain, [97.0])[97.0] == region).all()  # one at a time: the same
+    assert Predictor.bright_regions(image, brain, []) == {}  # nothing asked: no filtering
 
 
 def test_detect_joins_the_calibrated_intensity_grow_region(model_dir, tmp_path):

@@ -310,11 +310,14 @@ class Predictor:
         An intensity grow region for findings: the per-scan percentile adapts to each scan's own
         contrast, and only voxels connected to a seed of the residual score ever join.
         """
+        percentiles = [float(p) for p in percentiles]
+        if not percentiles:
+            return {}
         inner = ndimage.binary_erosion(brain, iterations=2)
         if not inner.any():
-            return {float(p): inner for p in percentiles}
+            return {p: inner for p in percentiles}
         smooth = ndimage.median_filter(np.asarray(image, np.float32), size=3)
-        return {float(p): (smooth > np.percentile(smooth[inner], p)) & inner for p in percentiles}
+        return {p: (smooth > np.percentile(smooth[inner], p)) & inner for p in percentiles}
 
     def _score(self, volume: Volume, *, threshold, ensemble, strengths, steps, mask, contrast, polarity, seed,
                grow="auto"):

@@ -78,7 +78,9 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
             progress(contrast, done, total)
 
     def bright(prep) -> dict:
-        """The scan's intensity grow regions, one per candidate percentile."""
+        """The scan's intensity grow regions, one per candidate percentile (only tried against tumours)."""
+        if not (d.lesion_volumes and d.grow_percentiles):
+            return {}
         return Predictor.bright_regions(prep.image, prep.mask, d.grow_intensity_percentiles)
 
     for contrast in cfg.data.contrasts:
