@@ -51,7 +51,8 @@ def calibrate(
         tumour = cal.get("synthetic_tumour", {}).get(contrast, {})
         dice = tumour.get("dice_at_calibrated", tumour.get("best_dice"))
         if h:
-            table.add_row(contrast, f"p{h['seed_percentile']} / p{h['grow_percentile']}",
+            seeds = f" ({h['seed_min_volume_ml']} mL seeds)" if h.get("seed_min_volume_ml") is not None else ""
+            table.add_row(contrast, f"p{h['seed_percentile']}{seeds} / p{h['grow_percentile']}",
                           f"{thr:.4f} / {h['grow_threshold']:.4f}", "-" if dice is None else f"{dice:.3f}",
                           f"{h['healthy_fp_ml']:.2f} / {h.get('healthy_fp_ml_worst', float('nan')):.2f}")
         else:

@@ -282,10 +282,10 @@ def test_hysteresis_pick_honours_the_worst_healthy_brain_and_breaks_near_ties_co
 
     def masks(sc, seeds, grow_level, bright):
         out = {}
-        for lv in seeds:
+        for key in seeds:  # (seed level, seed volume)
             found = np.zeros(1000, bool)
-            found[:by_level[(lv, grow_level)][int(sc.flat[0]) - 1]] = True
-            out[lv] = found.reshape(sc.shape)
+            found[:by_level[(key[0], grow_level)][int(sc.flat[0]) - 1]] = True
+            out[key] = found.reshape(sc.shape)
         return out
 
     monkeypatch.setattr(calibrate, "_hysteresis_masks", masks)
@@ -306,6 +306,40 @@ def test_hysteresis_pick_honours_the_worst_healthy_brain_and_breaks_near_ties_co
         DetectConfig(max_healthy_fp_ml=1.0, max_healthy_fp_ml_worst=0.5)
     with pytest.raises(InputError, match="dice_tie_margin"):
         DetectConfig(dice_tie_margin=-0.1)
+
+
+def test_hysteresis_pick_chooses_the_seed_volume_that_drops_small_healthy_spots():
+    """With seed_min_volumes_ml, a small strong spot on a healthy brain (bright CSF) stops seeding at the
+    larger seed volume while a larger tumour still seeds; without the candidates the spot vetoes every
+    pair, and the calibrated volume is what detect then uses for that contrast."""
+    import numpy as np
+
+    from medhdiff.tasks.predictor import Predictor
+    from medhdiff.training.calibrate import _pick_hysteresis
+
+    values = np.linspace(0.0, 0.9, 100_001)  # every seed and grow level lies below the spots' score of 1
+    healthy = np.zeros((30, 30, 30), np.float32)
+    healthy[5:12, 5:12, 5:12] = 1.0  # 343 voxels: 0.343 mL at 1 uL a voxel
+    lesion = np.zeros_like(healthy)
+    lesion[10:22, 10:22, 10:22] = 1.0  # 1728 voxels: 1.728 mL
+    ref = lesion > 0
+    common = dict(percentile=99.99, seed_percentiles=(99.9,), grow_percentiles=(99.0,), min_useful_dice=0.0,
+                  max_healthy_fp_ml=0.1, max_healthy_fp_ml_worst=0.1)
+    pick = _pick_hysteresis(values, [healthy], [(lesion, ref)], DetectConfig(**common), 0.001)
+    assert pick["seed_min_volume_ml"] == 0.2 and pick["healthy_fp_ml"] > 0.3  # nothing fits: the fewest FP
+    pick = _pick_hysteresis(values, [healthy], [(lesion, ref)],
+                            DetectConfig(**common, seed_min_volumes_ml=(0.2, 1.0)), 0.001)
+    assert pick["seed_min_volume_ml"] == 1.0 and pick["healthy_fp_ml"] == 0.0 and pick["dice"] == 1.0
+    assert len(pick["table"]) == 2 * 2 and all(k.endswith(("/s0.2", "/s1.0")) for k in pick["table"])
+    with pytest.raises(InputError, match="seed_min_volumes_ml"):
+        DetectConfig(grow_percentiles=(99.0,), seed_min_volumes_ml=(0.1,))
+
+    class Calibrated:  # what _min_volume reads: the bundle's calibration
+        bundle = type("B", (), {"meta": {"calibration": {"min_volume_ml": 0.2, "seed_min_volume_ml": {"t2": 1.0}}}})
+    assert Predictor._min_volume(Calibrated(), None, "t2") == 1.0
+    assert Predictor._min_volume(Calibrated(), None, "flair") == 0.2  # calibrated before the candidates existed
+    assert Predictor._min_volume(Calibrated(), None, "t2", calibrated=False) == 0.2  # a user threshold
+    assert Predictor._min_volume(Calibrated(), 0.5, "t2") == 0.5  # --min-volume wins
 
 
 def test_calibrate_command_rewrites_only_the_calibration(model_dir, tmp_path):

@@ -453,10 +453,17 @@ class Predictor:
         keep = cls._findings(score_map, thr, volume.voxel_volume_ml, min_volume_ml, grow_mask)
         return keep, cls._describe(keep, score_map, volume)
 
-    def _min_volume(self, min_volume_ml: float | None) -> float:
+    def _min_volume(self, min_volume_ml: float | None, contrast: str | None = None,
+                    calibrated: bool = True) -> float:
+        """The smallest seed component kept: the user's, else the one calibrated for ``contrast`` (with the
+        calibrated thresholds only: ``calibrated``), else the calibration's common one."""
         cal = dict(self.bundle.meta.get("calibration", {}))
-        return float(min_volume_ml if min_volume_ml is not None
-                     else cal.get("min_volume_ml", DetectConfig().min_volume_ml))
+        if min_volume_ml is not None:
+            return float(min_volume_ml)
+        table = cal.get("seed_min_volume_ml", {})
+        if calibrated and isinstance(table, dict) and table.get(contrast) is not None:
+            return float(table[contrast])
+        return float(cal.get("min_volume_ml", DetectConfig().min_volume_ml))
 
     def _report(self, volume: Volume, settings: dict, components: list, min_volume_ml: float, start: float) -> dict:
         report = {
@@ -485,10 +492,10 @@ class Predictor:
         ``"off"``, or a score value).
         """
         start = time.time()
-        min_ml = self._min_volume(min_volume_ml)
         score_map, reconstruction, settings, grow_mask = self._score(
             volume, threshold=threshold, ensemble=ensemble, strengths=strengths, steps=steps, mask=mask,
             contrast=contrast, polarity=polarity, seed=seed, grow=grow)
+        min_ml = self._min_volume(min_volume_ml, settings["contrast"], threshold == "auto")
         keep, components = self._components(score_map, settings["threshold"], volume, min_ml, grow_mask)
         report = self._report(volume, settings, components, min_ml, start)
         return DetectResult(score_map=score_map, mask=keep.astype(np.uint8), report=report,
@@ -534,10 +541,12 @@ class Predictor:
             norm = score_map / max(settings["threshold"], 1e-12)
             combined = norm if combined is None else np.maximum(combined, norm)
             grown |= grow_mask is not None
-            found = self._findings(norm, level, ref.voxel_volume_ml, min_ml, grow_mask)
+            seed_ml = self._min_volume(min_volume_ml, settings.get("contrast", name))
+            found = self._findings(norm, level, ref.voxel_volume_ml, seed_ml, grow_mask)
             keep |= found
             per[name] = {**{k: settings[k] for k in ("threshold", "threshold_source", "grow_threshold",
                                                      "grow_intensity_percentile", "polarity")},
+                         "min_component_ml": seed_ml,
                          "found_ml": round(float(found.sum()) * ref.voxel_volume_ml, 3)}
         components = self._describe(keep, combined, ref)
         settings = {"contrast": "+".join(volumes), "polarity": "per contrast", "threshold": level,

@@ -150,6 +150,8 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
                                                           "held-out synthetic tumours where that was higher")
     if grow_thresholds:
         calibration.update(grow_threshold={c: v["grow_threshold"] for c, v in grow_thresholds.items()},
+                           seed_min_volume_ml={c: v["seed_min_volume_ml"] for c, v in grow_thresholds.items()},
+                           seed_min_volumes_ml=list(d.seed_min_volumes_ml),
                            grow_intensity_percentile={c: v["grow_intensity_percentile"]
                                                       for c, v in grow_thresholds.items()},
                            grow_intensity_percentiles=list(d.grow_intensity_percentiles),
@@ -191,16 +193,22 @@ def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, 
     healthy maps (after the component filter) and its pooled Dice on the synthetic tumours. Among the
     options within the budget (mean at most ``d.max_healthy_fp_ml``, worst at most
     ``d.max_healthy_fp_ml_worst`` when set), those within ``d.dice_tie_margin`` of the best Dice tie, and
-    the most conservative of them wins (the highest seed percentile, then grow percentile, then no
-    intensity region before a higher intensity percentile); if none fits the budget, the one with the
+    the most conservative of them wins (the largest seed volume of ``d.seed_min_volumes_ml``, then the
+    highest seed percentile, then grow percentile, then no intensity region before a higher intensity
+    percentile); if none fits the budget, the one with the
     fewest false positives (worst brain, then mean). Without tumours the seed is ``d.percentile`` and
     the grow percentile the highest candidate. Where the winner's Dice is below ``d.min_useful_dice``
     (the model does not find tumours in this contrast), the most conservative pair is kept: the highest
-    seed and grow percentiles, no intensity region.
+    seed and grow percentiles, no intensity region (and the largest seed volume).
+
+    With ``d.seed_min_volumes_ml`` each option is also tried with each of those as the smallest
+    volume of a seed component (``Predictor._findings``' ``min_volume_ml``), else ``d.min_volume_ml``
+    serves: a bright CSF spot gives a small strong residual, a tumour a larger one.
     """
     from medhdiff.tasks.predictor import Predictor
 
     seeds = sorted({d.percentile, *d.seed_percentiles}, reverse=True)
+    volumes = sorted(set(d.seed_min_volumes_ml) or {d.min_volume_ml})
     level = {p: float(np.percentile(values, p)) for p in (*seeds, *d.grow_percentiles)}
     options: list[float | None] = [None]
     if lesion_maps:
@@ -208,21 +216,23 @@ def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, 
         options += sorted(d.grow_intensity_percentiles, reverse=True)
     else:
         pairs = [(d.percentile, max(d.grow_percentiles))]
+        volumes = volumes[:1]
     grows = sorted({gp for _, gp in pairs}, reverse=True)
 
     def found(sc: np.ndarray, bright: dict | None):
-        """Yields ``((seed p, grow p, intensity p), finding mask)`` for one map, one mask at a time."""
-        seed_masks = {level[sp]: Predictor._findings(sc, level[sp], voxel_ml, d.min_volume_ml)
-                      for sp in {sp for sp, _ in pairs}}
+        """Yields ``((seed p, grow p, intensity p, seed volume), finding mask)`` for one map, one at a time."""
+        seed_masks = {(level[sp], v): Predictor._findings(sc, level[sp], voxel_ml, v)
+                      for sp in {sp for sp, _ in pairs} for v in volumes}
         for gp in grows:
-            mine = {level[sp]: seed_masks[level[sp]] for sp, g in pairs if g == gp}
+            mine = {(level[sp], v): seed_masks[(level[sp], v)] for sp, g in pairs if g == gp for v in volumes}
             for q in options:
                 masks = _hysteresis_masks(sc, mine, level[gp], None if q is None else bright[q])
                 for sp, g in pairs:
                     if g == gp:
-                        yield (sp, gp, q), masks[level[sp]]
+                        for v in volumes:
+                            yield (sp, gp, q, v), masks[(level[sp], v)]
 
-    keys = [(sp, gp, q) for sp, gp in pairs for q in options]
+    keys = [(sp, gp, q, v) for sp, gp in pairs for q in options for v in volumes]
     fp = {k: [] for k in keys}
     for i, sc in enumerate(healthy_maps):
         for k, mask in found(sc, None if healthy_bright is None else healthy_bright[i]):
@@ -233,14 +243,14 @@ def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, 
         for k, mask in found(sc, None if lesion_bright is None else lesion_bright[i]):
             inter[k] += int((mask & ref).sum())
             total[k] += int(mask.sum() + ref.sum())
-    table = [{"seed_percentile": sp, "grow_percentile": gp, "grow_intensity_percentile": q,
-              "healthy_fp_ml": round(float(np.mean(fp[(sp, gp, q)])), 3),
-              "healthy_fp_ml_worst": round(float(np.max(fp[(sp, gp, q)])), 3),
-              "dice": round(2.0 * inter[(sp, gp, q)] / max(total[(sp, gp, q)], 1), 4)} for sp, gp, q in keys]
+    table = [{"seed_percentile": sp, "grow_percentile": gp, "grow_intensity_percentile": q, "seed_min_volume_ml": v,
+              "healthy_fp_ml": round(float(np.mean(fp[k])), 3),
+              "healthy_fp_ml_worst": round(float(np.max(fp[k])), 3),
+              "dice": round(2.0 * inter[k] / max(total[k], 1), 4)} for k in keys for sp, gp, q, v in [k]]
 
     def conservative(r: dict) -> tuple:
         q = r["grow_intensity_percentile"]
-        return r["seed_percentile"], r["grow_percentile"], np.inf if q is None else q
+        return r["seed_min_volume_ml"], r["seed_percentile"], r["grow_percentile"], np.inf if q is None else q
 
     worst_budget = np.inf if d.max_healthy_fp_ml_worst is None else d.max_healthy_fp_ml_worst
     fits = [row for row in table if row["healthy_fp_ml"] <= d.max_healthy_fp_ml
@@ -254,8 +264,8 @@ def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, 
     if not useful:  # the most conservative pair: the highest seed, then the highest grow percentile
         best = max(table, key=conservative)
     q = best["grow_intensity_percentile"]
-    log.info("hysteresis: seed p%s, grow p%s%s (Dice %.3f on synthetic tumours, %.2f mL on healthy, %.2f on the "
-             "worst)%s", best["seed_percentile"], best["grow_percentile"],
+    log.info("hysteresis: seed p%s (components of %s mL or more), grow p%s%s (Dice %.3f on synthetic tumours, "
+             "%.2f mL on healthy, %.2f on the worst)%s", best["seed_percentile"], best["seed_min_volume_ml"], best["grow_percentile"],
              "" if q is None else f" or the scan's own intensity p{q}", best["dice"], best["healthy_fp_ml"],
              best["healthy_fp_ml_worst"],
              "" if useful else f"; the best pair within the false-positive budget stays below Dice "
@@ -265,7 +275,8 @@ def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, 
 
     def key(r: dict) -> str:
         q = r["grow_intensity_percentile"]
-        return f"{r['seed_percentile']}/{r['grow_percentile']}" + ("" if q is None else f"/i{q}")
+        return (f"{r['seed_percentile']}/{r['grow_percentile']}" + ("" if q is None else f"/i{q}")
+                + ("" if len(volumes) == 1 else f"/s{r['seed_min_volume_ml']}"))
 
     return {**best, "threshold": level[best["seed_percentile"]], "grow_threshold": level[best["grow_percentile"]],
             "table": {key(r): [r["dice"], r["healthy_fp_ml"], r["healthy_fp_ml_worst"]] for r in table}}

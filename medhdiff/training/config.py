@@ -188,7 +188,10 @@ class DetectConfig:
     ``min_useful_dice``, the model does not find tumours in that contrast, and
     loosening the seed threshold would only buy false positives on real scans:
     the contrast keeps the most conservative pair: the highest seed percentile,
-    growing to the highest of ``grow_percentiles``. Without ``grow_percentiles``, and with
+    growing to the highest of ``grow_percentiles``. With ``seed_min_volumes_ml``
+    the smallest volume a seed component needs is chosen with the pair, among
+    those candidates (otherwise it is ``min_volume_ml``); a larger one counts
+    as more conservative, before the percentiles. Without ``grow_percentiles``, and with
     ``lesion_volumes > 0``, the single threshold is raised, where that helps,
     to the threshold of best Dice on those tumours.
     """
@@ -207,12 +210,14 @@ class DetectConfig:
     grow_intensity_percentiles: tuple[float, ...] = ()
     dice_tie_margin: float = 0.0
     min_useful_dice: float = 0.2
+    seed_min_volumes_ml: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         self.strengths = tuple(float(v) for v in self.strengths)
         self.grow_percentiles = tuple(float(v) for v in self.grow_percentiles)
         self.seed_percentiles = tuple(float(v) for v in self.seed_percentiles)
         self.grow_intensity_percentiles = tuple(float(v) for v in self.grow_intensity_percentiles)
+        self.seed_min_volumes_ml = tuple(float(v) for v in self.seed_min_volumes_ml)
         self.max_healthy_fp_ml, self.min_useful_dice = float(self.max_healthy_fp_ml), float(self.min_useful_dice)
         self.dice_tie_margin = float(self.dice_tie_margin)
         if self.max_healthy_fp_ml_worst is not None:
@@ -230,6 +235,10 @@ class DetectConfig:
                                                *self.grow_intensity_percentiles)):
             raise InputError("detect.grow_percentiles, seed_percentiles and grow_intensity_percentiles must lie "
                              "in [50, 100)")
+        if self.seed_min_volumes_ml and (not self.grow_percentiles
+                                         or min(self.seed_min_volumes_ml) < self.min_volume_ml):
+            raise InputError("detect.seed_min_volumes_ml need grow_percentiles (hysteresis) and values of at least "
+                             "min_volume_ml")
         if self.grow_intensity_percentiles and not self.grow_percentiles:
             raise InputError("detect.grow_intensity_percentiles need grow_percentiles (hysteresis)")
         if self.grow_percentiles and min(self.grow_percentiles) >= min((self.percentile, *self.seed_percentiles)):
