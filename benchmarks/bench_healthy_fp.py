@@ -27,13 +27,15 @@ def main() -> None:
     ap.add_argument("--contrast", default="t2", choices=["t1", "t2", "flair"])
     ap.add_argument("--n", type=int, default=24, help="healthy brains to score")
     ap.add_argument("--seed", type=int, default=733_000, help="first seed")
+    ap.add_argument("--detect-weights", default=None, help="model of detect (default: the bundled detection model)")
+    ap.add_argument("--tag", default="", help="suffix of the results file (healthy_fp_<contrast><tag>.json)")
     args = ap.parse_args()
 
     from medhdiff.preprocess.normalize import fit_normalization, normalize
     from medhdiff.tasks.predictor import Predictor, default_weights
 
     run = machine()
-    predictor = Predictor(default_weights("detector"), device="cpu")
+    predictor = Predictor(args.detect_weights or default_weights("detector"), device="cpu")
     norm_cfg = predictor.preprocessor.config
     rows = []
     print("| seed | false-positive mL | seeds only, mL | scan intensity in findings (median) | seconds |")
@@ -53,8 +55,9 @@ def main() -> None:
     fp = np.array([r["false_positive_ml"] for r in rows])
     print(f"\n{args.contrast}: {int((fp > 0).sum())} of {len(rows)} healthy brains with a finding; "
           f"{int((fp >= 2).sum())} with 2 mL or more; worst {fp.max():.2f} mL; mean {fp.mean():.2f} mL")
-    save_results(f"healthy_fp_{args.contrast}", {"runs": [run], "contrast": args.contrast, "seed": args.seed,
-                                                 "rows": rows})
+    save_results(f"healthy_fp_{args.contrast}{args.tag}", {"runs": [run], "contrast": args.contrast,
+                                                          "seed": args.seed, "model_sha256": predictor.sha256,
+                                                          "rows": rows})
 
 
 if __name__ == "__main__":

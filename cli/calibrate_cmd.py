@@ -22,6 +22,9 @@ def calibrate(
                                                           "--set detect.max_healthy_fp_ml=0.2 (repeatable)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads."),
+    contrasts: list[str] = typer.Option([], "--contrast", help="Recalibrate only this contrast (repeatable); the "
+                                                               "others keep their stored calibration, which must "
+                                                               "share the config's other detect settings."),
 ) -> None:
     """Score held-out synthetic healthy brains and tumours and store new detection thresholds in MODEL/model.json.
 
@@ -41,7 +44,7 @@ def calibrate(
         def progress(contrast: str, done: int, total: int) -> None:
             bar.update(task, description=f"calibrating {contrast}", completed=done, total=total)
 
-        cal = calibrate_detection(model, cfg, device=dev, progress=progress)
+        cal = calibrate_detection(model, cfg, device=dev, progress=progress, contrasts=contrasts or None)
     table = Table(title=f"detection calibration written to {model / 'model.json'}", title_justify="left")
     for col in ("contrast", "seed / grow percentile", "threshold / grow", "synthetic-tumour Dice",
                 "healthy FP mL (mean / worst)"):

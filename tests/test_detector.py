@@ -369,6 +369,22 @@ def test_calibrate_command_rewrites_only_the_calibration(model_dir, tmp_path):
     cal = after["calibration"]
     assert set(cal["threshold"]) == {"t2"} and cal["volumes_per_contrast"] == 2
     assert cal["max_healthy_fp_ml_worst"] == 3.0 and cal["dice_tie_margin"] == 0.02
+    # --contrast recalibrates one contrast and keeps the others' stored entries
+    sets[0] = "data.contrasts=[t1,t2]"
+    args = ["calibrate", str(model), "-c", str(TINY), "--device", "cpu", "--contrast", "t1"]
+    for s in sets:
+        args += ["--set", s]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    merged = json.loads((model / "model.json").read_text())["calibration"]
+    assert set(merged["threshold"]) == {"t1", "t2"} and merged["recalibrated"] == ["t1"]
+    assert merged["threshold"]["t2"] == cal["threshold"]["t2"] and merged["hysteresis"]["t2"] == cal["hysteresis"]["t2"]
+    # a shared setting that differs from the stored calibration's: exit 2, nothing written
+    result = CliRunner().invoke(app, [*args, "--set", "detect.healthy_volumes=1"])
+    assert result.exit_code == 2 and "volumes_per_contrast" in result.output
+    assert json.loads((model / "model.json").read_text())["calibration"] == merged
+    result = CliRunner().invoke(app, [*args[:-2], "--contrast", "pd"])
+    assert result.exit_code == 2 and "--contrast" in result.output
     assert cal["hysteresis"]["t2"]["healthy_fp_ml_worst"] >= cal["hysteresis"]["t2"]["healthy_fp_ml"]
     bad = CliRunner().invoke(app, ["calibrate", str(tmp_path), "-c", str(TINY)])
     assert bad.exit_code == 2 and "not a model folder" in bad.output

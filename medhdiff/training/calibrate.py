@@ -28,6 +28,7 @@ import torch
 from scipy import ndimage
 
 from medhdiff.diffusion.bundle import update_bundle_meta
+from medhdiff.errors import InputError
 from medhdiff.io import Volume
 from medhdiff.training.config import DetectConfig, TrainConfig
 
@@ -39,11 +40,14 @@ LESION_ML = (5.0, 60.0)
 
 def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.device | str = "cpu",
                         detect: DetectConfig | None = None, seed: int = 900_000,
-                        progress: Callable[[str, int, int], None] | None = None) -> dict:
+                        progress: Callable[[str, int, int], None] | None = None,
+                        contrasts: list[str] | None = None) -> dict:
     """Calibrate ``model_dir``'s detection thresholds and store them in its ``model.json``.
 
     ``progress(contrast, done, total)`` is called after each scored brain, ``total`` counting the
-    brains of all contrasts.
+    brains of all contrasts. ``contrasts`` (a subset of ``cfg.data.contrasts``) recalibrates only
+    those and keeps the stored calibration of the others, which must have been made with the same
+    shared settings (``_merge_calibration``).
     """
     from medhdiff.metrics import best_dice
     from medhdiff.synth import LesionInjector
@@ -68,7 +72,16 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
 
     thresholds, fp_ml, lesion_dice, grow_thresholds = {}, {}, {}, {}
     voxel_ml = spacing ** 3 / 1000.0
-    total = len(cfg.data.contrasts) * (d.healthy_volumes + d.lesion_volumes)
+    chosen = list(cfg.data.contrasts) if contrasts is None else list(dict.fromkeys(contrasts))
+    unknown = [c for c in chosen if c not in cfg.data.contrasts]
+    if unknown or not chosen:
+        raise InputError(f"--contrast must name contrasts of data.contrasts {list(cfg.data.contrasts)}, "
+                         f"got {chosen}")
+    stored = dict(predictor.bundle.meta.get("calibration") or {})
+    subset = set(chosen) != set(cfg.data.contrasts) and bool(stored)
+    if subset:  # before any scoring: a merge that cannot be made should not cost the whole run
+        _check_shared(stored, _shared_settings(d))
+    total = len(chosen) * (d.healthy_volumes + d.lesion_volumes)
     done = 0
 
     def tick(contrast: str) -> None:
@@ -83,7 +96,7 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
             return {}
         return Predictor.bright_regions(prep.image, prep.mask, d.grow_intensity_percentiles)
 
-    for contrast in cfg.data.contrasts:
+    for contrast in chosen:
         gen = HealthyBrainGenerator(contrast=contrast, spacing=spacing, noise_range=cfg.data.noise_range)
         label = predictor.class_label(contrast)
         polarity = "bright" if contrast in BRIGHT_LESION_CONTRASTS else "both"
@@ -151,7 +164,7 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
     if grow_thresholds:
         calibration.update(grow_threshold={c: v["grow_threshold"] for c, v in grow_thresholds.items()},
                            seed_min_volume_ml={c: v["seed_min_volume_ml"] for c, v in grow_thresholds.items()},
-                           seed_min_volumes_ml=list(d.seed_min_volumes_ml),
+                           seed_min_volumes_ml={c: list(d.seed_min_volumes_ml) for c in grow_thresholds},
                            grow_intensity_percentile={c: v["grow_intensity_percentile"]
                                                       for c, v in grow_thresholds.items()},
                            grow_intensity_percentiles=list(d.grow_intensity_percentiles),
@@ -163,8 +176,51 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
                                                           "synthetic tumours within the healthy false-positive budget")
         if lesion_dice:
             calibration.update(lesion_volumes=d.lesion_volumes, synthetic_tumour=lesion_dice)
+    if subset:
+        calibration = _merge_calibration(stored, calibration, chosen)
     update_bundle_meta(model_dir, calibration=calibration)
     return calibration
+
+
+#: Calibration entries that hold one value per contrast; the others are settings shared by all contrasts.
+PER_CONTRAST = ("threshold", "healthy_fp_ml_at_percentile", "grow_threshold", "grow_intensity_percentile",
+                "seed_min_volume_ml", "seed_min_volumes_ml", "hysteresis", "synthetic_tumour")
+
+
+def _shared_settings(d: DetectConfig) -> dict:
+    """The settings a calibration record shares across its contrasts (as ``calibrate_detection`` writes them)."""
+    shared = {"percentile": d.percentile, "ensemble": d.ensemble, "steps": d.steps, "strengths": list(d.strengths),
+              "min_volume_ml": d.min_volume_ml, "volumes_per_contrast": d.healthy_volumes}
+    if d.lesion_volumes:
+        shared["lesion_volumes"] = d.lesion_volumes
+    if d.grow_percentiles:
+        shared.update(grow_intensity_percentiles=list(d.grow_intensity_percentiles),
+                      max_healthy_fp_ml=d.max_healthy_fp_ml, max_healthy_fp_ml_worst=d.max_healthy_fp_ml_worst,
+                      dice_tie_margin=d.dice_tie_margin, min_useful_dice=d.min_useful_dice)
+    return shared
+
+
+def _check_shared(stored: dict, shared: dict) -> None:
+    """Every shared setting must be the same in the stored calibration, or a merged record would describe
+    some contrasts wrongly."""
+    keys = {k for k in (*stored, *shared) if k not in PER_CONTRAST and k not in ("source", "recalibrated")}
+    differ = sorted(k for k in keys if stored.get(k) != shared.get(k))
+    if differ:
+        raise InputError("the stored calibration was made with other settings (" + ", ".join(differ) + "); "
+                         "recalibrate every contrast (leave out --contrast)")
+
+
+def _merge_calibration(stored: dict, new: dict, contrasts: list[str]) -> dict:
+    """``new`` (which calibrated only ``contrasts``) merged into the ``stored`` calibration: the other
+    contrasts keep their entries, and the contrasts recalibrated alone are listed under ``recalibrated``."""
+    _check_shared(stored, {k: v for k, v in new.items()})
+    merged = dict(new)
+    for key in PER_CONTRAST:
+        if key in stored or key in new:
+            merged[key] = {**dict(stored.get(key) or {}), **dict(new.get(key) or {})}
+    merged["recalibrated"] = sorted({*stored.get("recalibrated", []), *contrasts})
+    merged["source"] = stored.get("source", new["source"])
+    return merged
 
 
 def _hysteresis_masks(score: np.ndarray, seeds: dict, grow_level: float, bright: np.ndarray | None) -> dict:
