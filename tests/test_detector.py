@@ -97,9 +97,15 @@ def test_the_shipped_detector_calibration_follows_its_recipe():
         assert pick["seed_percentile"] in {d.percentile, *d.seed_percentiles}
         assert pick["grow_percentile"] in d.grow_percentiles
         assert cal["threshold"][contrast] == pick["threshold"] > cal["grow_threshold"][contrast] == pick["grow_threshold"]
+        # the seed-volume candidates: the config's, or none for a contrast calibrated before they existed
+        # (kept by `calibrate --contrast`), which then seeds at min_volume_ml
+        volumes = cal.get("seed_min_volumes_ml", {}).get(contrast, [])
+        assert volumes in ([], list(d.seed_min_volumes_ml))
+        assert pick.get("seed_min_volume_ml", d.min_volume_ml) in {d.min_volume_ml, *volumes}
+        assert cal.get("seed_min_volume_ml", {}).get(contrast) == pick.get("seed_min_volume_ml")
         # every pair of the grid was scored on the synthetic tumours
         table = cal["synthetic_tumour"][contrast]["dice_and_healthy_fp_ml_by_seed_grow_percentile"]
-        assert len(table) == (1 + len(d.grow_intensity_percentiles)) * sum(
+        assert len(table) == (1 + len(d.grow_intensity_percentiles)) * max(1, len(volumes)) * sum(
             g < s for s in {d.percentile, *d.seed_percentiles} for g in d.grow_percentiles)
 
 
