@@ -175,7 +175,9 @@ def detect(
     grow: str = typer.Option("auto", "--grow", help="auto (calibrated: the grow threshold, plus the scan's own bright voxels where the model calibrated that), off, or a score value: findings grow through connected voxels down to this lower threshold (a value: the score alone). With --t1/--t2/--flair: auto or off."),
     ensemble: int | None = typer.Option(None, "--ensemble", help="Reconstructions per scan (default: the model's calibrated setting)."),
     steps: int | None = typer.Option(None, "--steps", help="Sampling steps per reconstruction (default: the model's)."),
-    min_volume: float | None = typer.Option(None, "--min-volume", help="Drop findings smaller than this (mL)."),
+    min_volume: float | None = typer.Option(None, "--min-volume", help="Smallest seed a finding grows from (mL); "
+                                                                       "default: the model's calibrated one for the "
+                                                                       "contrast (bundled: 1 for T2, 0.2 otherwise)."),
     polarity: str = typer.Option("auto", "--polarity", help="auto, bright, dark or both."),
     mask: Path | None = BRAIN_MASK,
     contrast: str | None = CONTRAST,
