@@ -153,29 +153,23 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
                  contrast, thr, fp_ml[contrast],
                  f", synthetic-tumour best Dice {lesion_dice[contrast]['best_dice']:.3f}" if contrast in lesion_dice
                  else "")
-    calibration = {"threshold": thresholds, "percentile": d.percentile, "ensemble": d.ensemble, "steps": d.steps,
-                   "strengths": list(d.strengths), "min_volume_ml": d.min_volume_ml,
-                   "healthy_fp_ml_at_percentile": fp_ml, "volumes_per_contrast": d.healthy_volumes,
+    calibration = {"threshold": thresholds, **_shared_settings(d), "healthy_fp_ml_at_percentile": fp_ml,
                    "source": "synthetic healthy brains from the built-in label map, held-out seeds"}
+    if lesion_dice:
+        calibration["synthetic_tumour"] = lesion_dice
     if lesion_dice and not grow_thresholds:
-        calibration.update(lesion_volumes=d.lesion_volumes, synthetic_tumour=lesion_dice,
-                           source=calibration["source"] + "; threshold raised to the best-Dice one on as many "
-                                                          "held-out synthetic tumours where that was higher")
+        calibration["source"] += ("; threshold raised to the best-Dice one on as many held-out synthetic tumours "
+                                  "where that was higher")
     if grow_thresholds:
         calibration.update(grow_threshold={c: v["grow_threshold"] for c, v in grow_thresholds.items()},
                            seed_min_volume_ml={c: v["seed_min_volume_ml"] for c, v in grow_thresholds.items()},
                            seed_min_volumes_ml={c: list(d.seed_min_volumes_ml) for c in grow_thresholds},
                            grow_intensity_percentile={c: v["grow_intensity_percentile"]
                                                       for c, v in grow_thresholds.items()},
-                           grow_intensity_percentiles=list(d.grow_intensity_percentiles),
-                           hysteresis=grow_thresholds, max_healthy_fp_ml=d.max_healthy_fp_ml,
-                           max_healthy_fp_ml_worst=d.max_healthy_fp_ml_worst, dice_tie_margin=d.dice_tie_margin,
-                           min_useful_dice=d.min_useful_dice,
-                           source=calibration["source"] + "; findings are seeded above one healthy-score percentile "
-                                                          "and grow to a lower one: the pair of best Dice on held-out "
-                                                          "synthetic tumours within the healthy false-positive budget")
-        if lesion_dice:
-            calibration.update(lesion_volumes=d.lesion_volumes, synthetic_tumour=lesion_dice)
+                           hysteresis=grow_thresholds)
+        calibration["source"] += ("; findings are seeded above one healthy-score percentile and grow to a lower "
+                                  "one: the pair of best Dice on held-out synthetic tumours within the healthy "
+                                  "false-positive budget")
     if subset:
         calibration = _merge_calibration(stored, calibration, chosen)
     update_bundle_meta(model_dir, calibration=calibration)
@@ -188,7 +182,8 @@ PER_CONTRAST = ("threshold", "healthy_fp_ml_at_percentile", "grow_threshold", "g
 
 
 def _shared_settings(d: DetectConfig) -> dict:
-    """The settings a calibration record shares across its contrasts (as ``calibrate_detection`` writes them)."""
+    """The settings a calibration record shares across its contrasts: what ``calibrate_detection`` writes
+    beside the per-contrast entries, and what ``--contrast`` requires the stored record to match."""
     shared = {"percentile": d.percentile, "ensemble": d.ensemble, "steps": d.steps, "strengths": list(d.strengths),
               "min_volume_ml": d.min_volume_ml, "volumes_per_contrast": d.healthy_volumes}
     if d.lesion_volumes:
@@ -212,8 +207,8 @@ def _check_shared(stored: dict, shared: dict) -> None:
 
 def _merge_calibration(stored: dict, new: dict, contrasts: list[str]) -> dict:
     """``new`` (which calibrated only ``contrasts``) merged into the ``stored`` calibration: the other
-    contrasts keep their entries, and the contrasts recalibrated alone are listed under ``recalibrated``."""
-    _check_shared(stored, {k: v for k, v in new.items()})
+    contrasts keep their entries, and the contrasts recalibrated alone are listed under ``recalibrated``.
+    The shared settings were checked against ``stored`` before the scoring (``_check_shared``)."""
     merged = dict(new)
     for key in PER_CONTRAST:
         if key in stored or key in new:
@@ -299,10 +294,10 @@ def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, 
         for k, mask in found(sc, None if lesion_bright is None else lesion_bright[i]):
             inter[k] += int((mask & ref).sum())
             total[k] += int(mask.sum() + ref.sum())
-    table = [{"seed_percentile": sp, "grow_percentile": gp, "grow_intensity_percentile": q, "seed_min_volume_ml": v,
-              "healthy_fp_ml": round(float(np.mean(fp[k])), 3),
+    names = ("seed_percentile", "grow_percentile", "grow_intensity_percentile", "seed_min_volume_ml")
+    table = [{**dict(zip(names, k)), "healthy_fp_ml": round(float(np.mean(fp[k])), 3),
               "healthy_fp_ml_worst": round(float(np.max(fp[k])), 3),
-              "dice": round(2.0 * inter[k] / max(total[k], 1), 4)} for k in keys for sp, gp, q, v in [k]]
+              "dice": round(2.0 * inter[k] / max(total[k], 1), 4)} for k in keys]
 
     def conservative(r: dict) -> tuple:
         q = r["grow_intensity_percentile"]
@@ -321,7 +316,8 @@ def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, 
         best = max(table, key=conservative)
     q = best["grow_intensity_percentile"]
     log.info("hysteresis: seed p%s (components of %s mL or more), grow p%s%s (Dice %.3f on synthetic tumours, "
-             "%.2f mL on healthy, %.2f on the worst)%s", best["seed_percentile"], best["seed_min_volume_ml"], best["grow_percentile"],
+             "%.2f mL on healthy, %.2f on the worst)%s", best["seed_percentile"], best["seed_min_volume_ml"],
+             best["grow_percentile"],
              "" if q is None else f" or the scan's own intensity p{q}", best["dice"], best["healthy_fp_ml"],
              best["healthy_fp_ml_worst"],
              "" if useful else f"; the best pair within the false-positive budget stays below Dice "
