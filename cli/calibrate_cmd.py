@@ -61,4 +61,6 @@ def calibrate(
         else:
             table.add_row(contrast, f"p{cal['percentile']}", f"{thr:.4f}", "-" if dice is None else f"{dice:.3f}",
                           f"{cal['healthy_fp_ml_at_percentile'][contrast]:.2f} / -")
+    if cal.get("grow_opening_mm"):
+        table.caption = f"grow regions opened with a {cal['grow_opening_mm']} mm ball (detect.grow_opening_mm)"
     console.print(table)

@@ -91,6 +91,7 @@ def test_the_shipped_detector_calibration_follows_its_recipe():
     assert cal.get("max_healthy_fp_ml_worst") == d.max_healthy_fp_ml_worst
     assert cal.get("dice_tie_margin", 0.0) == d.dice_tie_margin
     assert cal.get("grow_intensity_percentiles", []) == list(d.grow_intensity_percentiles)
+    assert cal.get("grow_opening_mm", 0.0) == d.grow_opening_mm
     for contrast, pick in cal["hysteresis"].items():
         assert pick.get("grow_intensity_percentile") in {None, *d.grow_intensity_percentiles}
         assert cal.get("grow_intensity_percentile", {}).get(contrast) == pick.get("grow_intensity_percentile")
@@ -286,7 +287,7 @@ def test_hysteresis_pick_honours_the_worst_healthy_brain_and_breaks_near_ties_co
     design = {(99.99, 99.0): (0, 0, 43), (99.99, 95.0): (0, 0, 44), (99.9, 99.0): (0, 3, 67), (99.9, 95.0): (1, 1, 45)}
     by_level = {(level[s], level[g]): v for (s, g), v in design.items()}
 
-    def masks(sc, seeds, grow_level, bright):
+    def masks(sc, seeds, grow_level, bright, *_):  # (opening and its cached seed rims: unused here)
         out = {}
         for key in seeds:  # (seed level, seed volume)
             found = np.zeros(1000, bool)
@@ -465,3 +466,78 @@ def test_detect_joins_the_calibrated_intensity_grow_region(model_dir, tmp_path):
     for grow in ("off", 0.04):
         other = pred.detect(scan, contrast="t2", min_volume_ml=0.0, grow=grow)
         assert other.report["grow_intensity_percentile"] is None and (other.mask <= wide.mask).all()
+
+
+def test_opening_the_grow_region_stops_growth_along_a_thin_ribbon_but_keeps_a_compact_lesion():
+    """detect.grow_opening_mm: a seed in a compact halo keeps the halo; a 2-voxel ribbon of the grow region
+    attached to it (bright cortex) is no longer followed. The ball is measured in mm."""
+    import numpy as np
+
+    from medhdiff.io import Volume
+
+    score = np.zeros((40, 40, 40), np.float32)
+    score[5:15, 5:15, 5:15] = 0.5                    # compact halo, 1000 voxels
+    score[8:12, 8:12, 8:12] = 1.0                    # its seed
+    score[14:16, 5:35, 5:35] = 0.5                   # a ribbon 2 voxels thick touching the halo
+    grow = score > 0.3
+    vol = Volume(score, np.eye(4))
+    plain = Predictor._findings(score, 0.8, vol.voxel_volume_ml, 0.01, grow)
+    opened = Predictor._findings(score, 0.8, vol.voxel_volume_ml, 0.01, Predictor.open_region(grow, vol.spacing, 1.5))
+    assert plain[14:16, 30:35, 30:35].all()          # without the opening the finding runs along the ribbon
+    assert not opened[14:16, 20:35, 20:35].any()     # with it, it stays at the lesion
+    assert opened[6:14, 6:14, 6:14].all() and opened.sum() >= 0.9 * 1000
+    # nothing changes at radius 0, or below every voxel size
+    assert (Predictor.open_region(grow, (1.0, 1.0, 1.0), 0.0) == grow).all()
+    assert (Predictor.open_region(grow, (1.0, 1.0, 1.0), 0.9) == grow).all()
+    # on 1 x 1 x 4 mm voxels a 1.5 mm ball spans no neighbour along the third axis: a ribbon thin along the
+    # first axis still goes, one thin only along the third (a single slice) stays
+    slab = np.zeros((20, 20, 20), bool)
+    slab[3:17, 3:17, 10] = True
+    assert (Predictor.open_region(slab, (1.0, 1.0, 4.0), 1.5)[4:16, 4:16, 10]).all()
+    assert not Predictor.open_region(slab, (1.0, 1.0, 1.0), 1.5).any()
+
+
+def test_calibration_opens_the_grow_region_as_detect_does():
+    import numpy as np
+    from scipy import ndimage
+
+    from medhdiff.training.calibrate import _hysteresis_masks, _shared_settings
+
+    rng = np.random.default_rng(2)
+    score = ndimage.gaussian_filter(rng.random((40, 40, 40)), 1.5).astype(np.float32)
+    levels = [float(np.quantile(score, q)) for q in (0.999, 0.99)]
+    grow = float(np.quantile(score, 0.85))
+    seeds = {lv: Predictor._findings(score, lv, 0.001, 0.005) for lv in levels}
+    masks = _hysteresis_masks(score, seeds, grow, None, 1.5, 1.0)
+    loose = _hysteresis_masks(score, seeds, grow, None)
+    for lv in levels:
+        want = Predictor._findings(score, lv, 0.001, 0.005, Predictor.open_region(score > grow, (1.0,) * 3, 1.5))
+        assert (masks[lv] == want).all() and (masks[lv] <= loose[lv]).all() and seeds[lv].any()
+    assert sum(m.sum() for m in masks.values()) < sum(m.sum() for m in loose.values())
+    # the setting is written with the calibration only when on, so records made before it still match
+    d = DetectConfig(grow_percentiles=(95.0,), seed_percentiles=(99.9,))
+    assert "grow_opening_mm" not in _shared_settings(d)
+    assert _shared_settings(DetectConfig(grow_percentiles=(95.0,), grow_opening_mm=1.5))["grow_opening_mm"] == 1.5
+    with pytest.raises(InputError, match="grow_opening_mm"):
+        DetectConfig(grow_opening_mm=1.5)            # no hysteresis: nothing to open
+    with pytest.raises(InputError, match="grow_opening_mm"):
+        DetectConfig(grow_percentiles=(95.0,), grow_opening_mm=-1.0)
+
+
+def test_detect_opens_the_grow_region_when_the_calibration_says_so(model_dir, tmp_path):
+    from medhdiff.diffusion.bundle import update_bundle_meta
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    scan = _tiny_scan()
+    cal = json.loads((model / "model.json").read_text()).get("calibration", {})
+    base = dict(cal, threshold={"t2": 0.05}, grow_threshold={"t2": 0.01})
+    update_bundle_meta(model, calibration=base)
+    plain = Predictor(model, device="cpu").detect(scan, contrast="t2", min_volume_ml=0.0)
+    update_bundle_meta(model, calibration=dict(base, grow_opening_mm=2.0))
+    pred = Predictor(model, device="cpu")
+    opened = pred.detect(scan, contrast="t2", min_volume_ml=0.0)
+    assert plain.report["grow_opening_mm"] == 0.0 and opened.report["grow_opening_mm"] == 2.0
+    assert (opened.mask <= plain.mask).all()
+    seeds = pred.detect(scan, contrast="t2", min_volume_ml=0.0, grow="off")
+    assert seeds.report["grow_opening_mm"] is None and (seeds.mask <= opened.mask).all()

@@ -319,6 +319,22 @@ class Predictor:
         smooth = ndimage.median_filter(np.asarray(image, np.float32), size=3)
         return {p: (smooth > np.percentile(smooth[inner], p)) & inner for p in percentiles}
 
+    @staticmethod
+    def open_region(region: np.ndarray, spacing, radius_mm: float) -> np.ndarray:
+        """``region`` opened (eroded, then dilated) with a ball of ``radius_mm`` on a grid of ``spacing`` mm:
+        what is left are the parts at least about twice the radius thick. The ball is measured in mm, so on
+        thick slices it may span no neighbour across slices; a radius below every voxel size changes nothing."""
+        region = np.asarray(region, dtype=bool)
+        if radius_mm <= 0 or not region.any():
+            return region
+        spacing = np.asarray(spacing, dtype=float)[: region.ndim]
+        half = np.floor(radius_mm / spacing + 1e-6).astype(int)
+        if not half.any():
+            return region
+        grid = np.meshgrid(*[np.arange(-h, h + 1) * sp for h, sp in zip(half, spacing)], indexing="ij")
+        ball = sum(g**2 for g in grid) <= radius_mm**2 + 1e-6
+        return ndimage.binary_opening(region, structure=ball)
+
     def _score(self, volume: Volume, *, threshold, ensemble, strengths, steps, mask, contrast, polarity, seed,
                grow="auto"):
         """Score map on the input grid, reconstruction, and the thresholds that apply to it."""
@@ -364,9 +380,13 @@ class Predictor:
             if bright_p is not None:
                 bright = self.bright_regions(prep.image, prep.mask, [float(bright_p)])[float(bright_p)]
                 grow_mask |= self.preprocessor.inverse(bright.astype(np.float32), prep.record, kind="mask") > 0
+        opening = float(cal.get("grow_opening_mm", 0.0))
+        if grow_mask is not None and opening > 0:
+            grow_mask = self.open_region(grow_mask, volume.spacing, opening)
         settings = {"contrast": name, "polarity": polarity, "threshold": float(thr), "threshold_source": thr_source,
                     "grow_threshold": grow_thr,
                     "grow_intensity_percentile": None if bright_p is None else float(bright_p),
+                    "grow_opening_mm": opening if grow_mask is not None else None,
                     "ensemble": ensemble, "strengths": list(strengths), "steps": steps}
         return score_map.astype(np.float32), reconstruction, settings, grow_mask
 
@@ -470,6 +490,7 @@ class Predictor:
             "input": str(volume.path) if volume.path else None,
             **{k: settings[k] for k in ("contrast", "polarity", "threshold", "threshold_source", "grow_threshold")},
             "grow_intensity_percentile": settings.get("grow_intensity_percentile"),
+            "grow_opening_mm": settings.get("grow_opening_mm"),
             "min_component_ml": min_volume_ml,
             "total_lesion_ml": round(float(sum(c["volume_ml"] for c in components)), 3),
             "n_components": len(components),
@@ -544,8 +565,8 @@ class Predictor:
             seed_ml = self._min_volume(min_volume_ml, settings.get("contrast", name))
             found = self._findings(norm, level, ref.voxel_volume_ml, seed_ml, grow_mask)
             keep |= found
-            per[name] = {**{k: settings[k] for k in ("threshold", "threshold_source", "grow_threshold",
-                                                     "grow_intensity_percentile", "polarity")},
+            per[name] = {**{k: settings.get(k) for k in ("threshold", "threshold_source", "grow_threshold",
+                                                         "grow_intensity_percentile", "grow_opening_mm", "polarity")},
                          "min_component_ml": seed_ml,
                          "found_ml": round(float(found.sum()) * ref.voxel_volume_ml, 3)}
         components = self._describe(keep, combined, ref)

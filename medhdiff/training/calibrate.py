@@ -192,6 +192,8 @@ def _shared_settings(d: DetectConfig) -> dict:
         shared.update(grow_intensity_percentiles=list(d.grow_intensity_percentiles),
                       max_healthy_fp_ml=d.max_healthy_fp_ml, max_healthy_fp_ml_worst=d.max_healthy_fp_ml_worst,
                       dice_tie_margin=d.dice_tie_margin, min_useful_dice=d.min_useful_dice)
+    if d.grow_opening_mm > 0:  # absent when off, as in records made before the setting existed
+        shared["grow_opening_mm"] = d.grow_opening_mm
     return shared
 
 
@@ -218,18 +220,43 @@ def _merge_calibration(stored: dict, new: dict, contrasts: list[str]) -> dict:
     return merged
 
 
-def _hysteresis_masks(score: np.ndarray, seeds: dict, grow_level: float, bright: np.ndarray | None) -> dict:
+def _hysteresis_masks(score: np.ndarray, seeds: dict, grow_level: float, bright: np.ndarray | None,
+                      opening_mm: float = 0.0, spacing_mm: float = 1.0, rims: dict | None = None) -> dict:
     """What ``Predictor._findings`` returns for each seed mask in ``seeds`` (``{seed level: its components
     of at least the minimum volume}``), all growing through one grow region: ``score > grow_level``, joined
-    by ``bright`` (the scan's intensity grow region) when given. Every seed level is at least
-    ``grow_level``, so each seed lies inside the grow region, and one labelling serves them all."""
+    by ``bright`` (the scan's intensity grow region) when given, and opened with a ball of ``opening_mm``
+    (``Predictor.open_region``, as ``detect`` does).
+
+    Not opened, every seed lies inside the grow region (each seed level is at least ``grow_level``), so one
+    labelling of it serves all the seeds. Opened, a seed may stick out of it and bridge two of its
+    components, and another level's seeds must not; so the grow region is labelled once and each seed
+    takes the components its face-connected neighbourhood touches (``rims``: ``seeds`` dilated once,
+    cached by the caller across grow regions, or computed here). That is exactly the components of
+    the grow region joined with that seed alone."""
     from medhdiff.tasks.predictor import Predictor
 
     grow = score > grow_level
     if bright is not None:
         grow |= bright
     levels = list(seeds)
-    return dict(zip(levels, Predictor._grow_seeds([seeds[lv] for lv in levels], grow)))
+    if opening_mm <= 0:
+        return dict(zip(levels, Predictor._grow_seeds([seeds[lv] for lv in levels], grow)))
+    grow = Predictor.open_region(grow, (spacing_mm,) * score.ndim, opening_mm)
+    labels, n = ndimage.label(grow)
+    rims = rims if rims is not None else _rims(seeds)
+    out = {}
+    for lv in levels:
+        hit = np.zeros(n + 1, dtype=bool)
+        hit[labels[rims[lv]]] = True
+        hit[0] = False
+        out[lv] = hit[labels] | seeds[lv]
+    return out
+
+
+def _rims(seeds: dict) -> dict:
+    """Each seed mask grown by one face-connected voxel (``ndimage.label``'s default connectivity)."""
+    return {lv: ndimage.binary_dilation(m, structure=ndimage.generate_binary_structure(m.ndim, 1)) if m.any() else m
+            for lv, m in seeds.items()}
 
 
 def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, d: DetectConfig,
@@ -260,6 +287,7 @@ def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, 
 
     seeds = sorted({d.percentile, *d.seed_percentiles}, reverse=True)
     volumes = sorted(set(d.seed_min_volumes_ml) or {d.min_volume_ml})
+    spacing_mm = (voxel_ml * 1000.0) ** (1.0 / 3.0)  # model space is isotropic
     level = {p: float(np.percentile(values, p)) for p in (*seeds, *d.grow_percentiles)}
     options: list[float | None] = [None]
     if lesion_maps:
@@ -274,10 +302,12 @@ def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, 
         """Yields ``((seed p, grow p, intensity p, seed volume), finding mask)`` for one map, one at a time."""
         seed_masks = {(level[sp], v): Predictor._findings(sc, level[sp], voxel_ml, v)
                       for sp in {sp for sp, _ in pairs} for v in volumes}
+        rims = _rims(seed_masks) if d.grow_opening_mm > 0 else None
         for gp in grows:
             mine = {(level[sp], v): seed_masks[(level[sp], v)] for sp, g in pairs if g == gp for v in volumes}
             for q in options:
-                masks = _hysteresis_masks(sc, mine, level[gp], None if q is None else bright[q])
+                masks = _hysteresis_masks(sc, mine, level[gp], None if q is None else bright[q],
+                                          d.grow_opening_mm, spacing_mm, rims)
                 for sp, g in pairs:
                     if g == gp:
                         for v in volumes:

@@ -191,7 +191,12 @@ class DetectConfig:
     growing to the highest of ``grow_percentiles``. With ``seed_min_volumes_ml``
     the smallest volume a seed component needs is chosen with the pair, among
     those candidates (otherwise it is ``min_volume_ml``); a larger one counts
-    as more conservative, before the percentiles. Without ``grow_percentiles``, and with
+    as more conservative, before the percentiles. With ``grow_opening_mm > 0``
+    the grow region (score and intensity alike) is first opened with a ball of
+    that radius: parts thinner than about twice the radius (a ribbon of bright
+    cortex, a rim along a ventricle) no longer carry a finding away from its
+    seed, while a compact lesion keeps its extent; the seeds themselves are
+    never opened. Without ``grow_percentiles``, and with
     ``lesion_volumes > 0``, the single threshold is raised, where that helps,
     to the threshold of best Dice on those tumours.
     """
@@ -211,6 +216,7 @@ class DetectConfig:
     dice_tie_margin: float = 0.0
     min_useful_dice: float = 0.2
     seed_min_volumes_ml: tuple[float, ...] = ()
+    grow_opening_mm: float = 0.0
 
     def __post_init__(self) -> None:
         self.strengths = tuple(float(v) for v in self.strengths)
@@ -220,6 +226,7 @@ class DetectConfig:
         self.seed_min_volumes_ml = tuple(float(v) for v in self.seed_min_volumes_ml)
         self.max_healthy_fp_ml, self.min_useful_dice = float(self.max_healthy_fp_ml), float(self.min_useful_dice)
         self.dice_tie_margin = float(self.dice_tie_margin)
+        self.grow_opening_mm = float(self.grow_opening_mm)
         if self.max_healthy_fp_ml_worst is not None:
             self.max_healthy_fp_ml_worst = float(self.max_healthy_fp_ml_worst)
         for name in ("steps", "ensemble", "healthy_volumes", "lesion_volumes"):
@@ -251,6 +258,9 @@ class DetectConfig:
             raise InputError("detect.dice_tie_margin must be in [0, 1)")
         if not 0.0 <= self.min_useful_dice <= 1.0:
             raise InputError("detect.min_useful_dice must be in [0, 1]")
+        if not 0.0 <= self.grow_opening_mm <= 10.0 or (self.grow_opening_mm and not self.grow_percentiles):
+            raise InputError("detect.grow_opening_mm must be in [0, 10] mm, and above 0 it needs grow_percentiles "
+                             "(hysteresis)")
 
 
 @dataclass
