@@ -541,3 +541,32 @@ def test_detect_opens_the_grow_region_when_the_calibration_says_so(model_dir, tm
     assert (opened.mask <= plain.mask).all()
     seeds = pred.detect(scan, contrast="t2", min_volume_ml=0.0, grow="off")
     assert seeds.report["grow_opening_mm"] is None and (seeds.mask <= opened.mask).all()
+
+
+def test_detect_reports_how_the_calibration_fared_on_the_contrast_and_warns_where_it_found_nothing(
+        model_dir, tmp_path, caplog):
+    """A contrast whose calibration found no synthetic tumours (``useful: false``, as T1 in the bundled
+    model) gets a warning, since an empty result there means little; the report carries the figures."""
+    import logging
+
+    from medhdiff.diffusion.bundle import update_bundle_meta
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    cal = json.loads((model / "model.json").read_text()).get("calibration", {})
+    pick = {"seed_percentile": 99.9, "grow_percentile": 95.0, "threshold": 0.05, "grow_threshold": 0.04}
+    update_bundle_meta(model, calibration=dict(
+        cal, threshold={"t1": 0.05, "t2": 0.05}, grow_threshold={"t1": 0.04, "t2": 0.04},
+        hysteresis={"t1": dict(pick, useful=False), "t2": dict(pick, useful=True)},
+        synthetic_tumour={"t1": {"dice_at_calibrated": 0.0}, "t2": {"dice_at_calibrated": 0.6}}))
+    pred = Predictor(model, device="cpu")
+    scan = _tiny_scan()
+    with caplog.at_level(logging.WARNING, logger="medhdiff"):
+        t1 = pred.detect(scan, contrast="t1")
+    assert t1.report["calibration_check"] == {"synthetic_tumour_dice": 0.0, "useful": False}
+    assert any("found no synthetic tumours on t1" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medhdiff"):
+        t2 = pred.detect(scan, contrast="t2")
+    assert t2.report["calibration_check"] == {"synthetic_tumour_dice": 0.6, "useful": True}
+    assert not any("synthetic tumours" in r.getMessage() for r in caplog.records)

@@ -501,6 +501,23 @@ class Predictor:
         report["seconds"] = round(time.time() - start, 2)
         return report
 
+    def _calibration_check(self, contrast: str, source: str = "input", warn: bool = True) -> dict | None:
+        """How the model fared on this contrast's synthetic tumours when it was calibrated: the Dice at its
+        calibrated levels and whether it found tumours at all (``useful``). Where it did not, a clean result
+        says little, and a warning says so. ``None`` for a model calibrated without tumours."""
+        cal = dict(self.bundle.meta.get("calibration") or {})
+        pick = (cal.get("hysteresis") or {}).get(contrast)
+        tumour = (cal.get("synthetic_tumour") or {}).get(contrast)
+        if not pick or not tumour:
+            return None
+        dice = tumour.get("dice_at_calibrated", tumour.get("best_dice"))
+        useful = bool(pick.get("useful", True))
+        if not useful and warn:
+            log.warning("%s: this detection model found no synthetic tumours on %s when it was calibrated "
+                        "(Dice %.2f); an empty result on %s means little, score a T2 or FLAIR scan as well",
+                        source, contrast, dice or 0.0, contrast)
+        return {"synthetic_tumour_dice": None if dice is None else round(float(dice), 4), "useful": useful}
+
     def detect(self, volume: Volume, *, threshold: float | str = "auto", ensemble: int | None = None,
                strengths: tuple[float, ...] | None = None, steps: int | None = None,
                mask: Volume | np.ndarray | None = None, contrast: str | None = None,
@@ -519,6 +536,7 @@ class Predictor:
         min_ml = self._min_volume(min_volume_ml, settings["contrast"], threshold == "auto")
         keep, components = self._components(score_map, settings["threshold"], volume, min_ml, grow_mask)
         report = self._report(volume, settings, components, min_ml, start)
+        report["calibration_check"] = self._calibration_check(settings["contrast"], str(volume.path or "input"))
         return DetectResult(score_map=score_map, mask=keep.astype(np.uint8), report=report,
                             reconstruction=reconstruction, seconds=time.time() - start)
 
@@ -568,6 +586,7 @@ class Predictor:
             per[name] = {**{k: settings.get(k) for k in ("threshold", "threshold_source", "grow_threshold",
                                                          "grow_intensity_percentile", "grow_opening_mm", "polarity")},
                          "min_component_ml": seed_ml,
+                         "calibration_check": self._calibration_check(name, warn=False),
                          "found_ml": round(float(found.sum()) * ref.voxel_volume_ml, 3)}
         components = self._describe(keep, combined, ref)
         settings = {"contrast": "+".join(volumes), "polarity": "per contrast", "threshold": level,
