@@ -5,6 +5,7 @@
     python benchmarks/bench_levers.py --sections thick
     python benchmarks/bench_levers.py --sections detect coarse --models shipped runs/heal/model runs/heal2/model
     python benchmarks/bench_levers.py --sections opening
+    python benchmarks/bench_levers.py --sections heal-adapt
 
 * tta: TCGA-DU-7294 T2 at 9 % Rician noise (the BM4D comparison input). medhdiff denoise (default steps,
   no test-time adaptation, as measured before adaptation existed) on the scan, on its left-right flip and on its anterior-posterior flip, each flipped back; PSNR/SSIM
@@ -29,6 +30,16 @@
   radius: healthy brains with a finding, the worst and mean false-positive volume, tumours reached and
   pooled Dice. The rule, fixed before it was run: the largest radius whose pooled Dice is within 0.02 of
   no opening on both contrasts, with no more healthy brains with a finding and no larger worst one.
+* heal-adapt: test-time adaptation of the detection model's patch network to the scan it scores (the
+  issue's "self-supervised test-time adaptation" lever, for detect). A copy is fitted for `--adapt-steps`
+  (40) Adam steps (lr 1e-4, 4 windows of 32^3) on the scan itself: half the windows show one of 4
+  synthetic lesions injected into the scan (`LesionInjector`, tumour 1-60 mL or focal) and must return the
+  scan, as in the model's healing training (t from 50 to 150, the coarse context from the lesioned scan
+  with the training's noise and blur), half show the scan as it is. Then `detect` runs with the copy at
+  the shipped calibration. Inputs: TCGA-DU-7294 T2 and FLAIR, and two clean synthetic healthy T2 brains
+  (733018, the bright-cortex brain of bench_healthy_fp, and 740000, a development brain). Per input: the
+  found volume, the score's 99th/99.9th percentiles in the brain and, on TCGA, the Dice at the auto
+  thresholds, AUROC / best Dice / AUPRC against the reference.
 
 Results go to benchmarks/results/levers.json (each section replaced when re-run); make_results.py adds
 them to RESULTS.md.
@@ -257,6 +268,105 @@ def opening(console: Console, n_healthy: int, n_tumours: int) -> list[dict]:
     return rows
 
 
+def _adapt_heal(pred, prep, label: int | None, contrast: str, steps: int, seed: int = 0):
+    """A copy of ``pred``'s patch network fitted to heal lesions injected into this scan (see heal-adapt)."""
+    import copy
+
+    import torch
+
+    from medhdiff.diffusion.networks import patch_coordinates
+    from medhdiff.diffusion.sampler import downsample, upsample
+    from medhdiff.synth import LesionInjector
+    from medhdiff.training.datasets import augment_condition
+
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    img, brain = prep.image.astype(np.float32), prep.mask.astype(bool)
+    f, roi, shape = pred.cfg.coarse_factor, tuple(pred.cfg.patch_size), prep.image.shape
+
+    def context(x: torch.Tensor) -> torch.Tensor:
+        return upsample(augment_condition(downsample(x[None, None], f)[0], rng, 0.05, 1.0)[None], shape)[0, 0]
+
+    healthy = torch.from_numpy(img)
+    views = []
+    for _ in range(4):
+        kind = "tumor" if rng.random() < 0.7 else "focal"
+        try:
+            les, _, _ = LesionInjector(kind=kind, volume_ml=(1.0, 60.0) if kind == "tumor" else (0.1, 3.0)).inject(
+                img, brain, np.eye(4), contrast, seed=int(rng.integers(2**31 - 1)))
+        except ValueError:
+            continue
+        les_t = torch.from_numpy(les.astype(np.float32))
+        views.append((les_t, context(les_t), np.argwhere(np.abs(les - img) > 0.02)))
+    plain = (healthy, context(healthy), np.argwhere(brain))
+    msk = torch.from_numpy(brain.astype(np.float32))
+    model = copy.deepcopy(pred.bundle.patch_model).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    labels = None if label is None else torch.full((4,), int(label), dtype=torch.long)
+    losses = []
+    for _ in range(steps):
+        batch = []
+        for b in range(4):
+            x, cond, pool = views[int(rng.integers(len(views)))] if views and b % 2 == 0 else plain
+            pool = pool if len(pool) else plain[2]
+            c = pool[int(rng.integers(len(pool)))]
+            st = [int(min(max(ci - r // 2, 0), s - r)) for ci, r, s in zip(c, roi, shape)]
+            sl = tuple(slice(a, a + r) for a, r in zip(st, roi))
+            batch.append((x[sl], healthy[sl], cond[sl], msk[sl], patch_coordinates(shape, st, roi)))
+        x0, h, c, m = (torch.stack([item[k] for item in batch])[:, None] for k in range(4))
+        coords = torch.stack([item[4] for item in batch])
+        t = torch.randint(50, 151, (4,), generator=gen)
+        x_t = pred.schedule.add_noise(x0, torch.randn(x0.shape, generator=gen), t)
+        out = model(x_t, t, cond=c, coords=coords, class_labels=labels)
+        loss = ((out.float() - pred.schedule.output_for_x0(x_t, h, t)) ** 2 * m).sum() / m.sum().clamp(min=1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval(), losses
+
+
+def heal_adapt(console: Console, steps: int) -> list[dict]:
+    from bench_detect import healthy_synthetic, localisation
+
+    from medhdiff.io import load_volume
+    from medhdiff.metrics import dice
+    from medhdiff.tasks import Predictor
+
+    pred = Predictor(None, device="cpu", model="detector")
+    shipped = pred.bundle.patch_model
+    seg = load_volume(TUMOUR / CASE / "seg_consensus.nii.gz").data > 0
+    inputs = [(f"{CASE} {c}", c, load_volume(TUMOUR / CASE / f"{fn}.nii.gz"), None) for fn, c in (("t2", "t2"), ("fla", "flair"))]
+    for s in (733018, 740000):
+        vol, brain = healthy_synthetic("t2", 0, first=s)
+        inputs.append((f"synthetic healthy t2 (seed {s})", "t2", vol, brain))
+    rows = []
+    for name, contrast, vol, brain in inputs:
+        inside = (vol.data != 0) if brain is None else brain
+        for method in ("shipped", f"adapted {steps} steps"):
+            with measure() as m:
+                losses = []
+                if method != "shipped":
+                    prep = pred.prepare(vol, brain)
+                    pred.bundle.patch_model, losses = _adapt_heal(pred, prep, pred.class_label(contrast), contrast, steps)
+                try:
+                    r = pred.detect(vol, contrast=contrast, mask=brain)
+                finally:
+                    pred.bundle.patch_model = shipped
+            sc = r.score_map[inside]
+            row = {"input": name, "method": method, "found_ml": r.report["total_lesion_ml"],
+                   "score_p99": round(float(np.percentile(sc, 99)), 4), "score_p999": round(float(np.percentile(sc, 99.9)), 4),
+                   "loss_first_last": [round(float(np.mean(losses[:5])), 4), round(float(np.mean(losses[-5:])), 4)] if losses else None,
+                   "seconds": round(m.seconds, 1), "peak_rss_gb": round(m.peak_rss_gb, 3)}
+            if brain is None:
+                row.update(dice_auto=round(dice(r.mask > 0, seg), 4), **localisation(sc, seg[inside]))
+            rows.append(row)
+            console.print(row)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sections", nargs="+", default=["tta", "thick", "detect", "coarse"])
@@ -266,6 +376,7 @@ def main() -> None:
     ap.add_argument("--ensemble", type=int, default=None, help="detect: reconstructions per scan (default: calibration)")
     ap.add_argument("--strengths", type=float, nargs="+", default=None, help="detect: strengths (default: calibration)")
     ap.add_argument("--coarse", default="matched", choices=["matched", "same"], help="detect: coarse-stage timestep")
+    ap.add_argument("--adapt-steps", type=int, default=40, help="heal-adapt: adaptation steps")
     ap.add_argument("--dev-healthy", type=int, default=16, help="opening: healthy development brains per contrast")
     ap.add_argument("--dev-tumours", type=int, default=10, help="opening: development tumours per contrast")
     args = ap.parse_args()
@@ -296,6 +407,9 @@ def main() -> None:
         save_results("levers", payload)
     if "opening" in args.sections:
         payload["opening"] = opening(console, args.dev_healthy, args.dev_tumours)
+        save_results("levers", payload)
+    if "heal-adapt" in args.sections:
+        payload["heal_adapt"] = heal_adapt(console, args.adapt_steps)
         save_results("levers", payload)
     payload["models"] = {**payload.get("models", {}), **{spec: _describe(spec) for spec in args.models}}
     save_results("levers", payload)

@@ -158,6 +158,14 @@ def levers_section(lv: dict) -> list[str]:
                       "healthy, 740500+ tumours; shipped calibration)",
                       ["contrast", "ball radius mm", "healthy brains with a finding", "worst healthy mL",
                        "tumours reached", "found / reference mL", "pooled Dice"], lines)
+    if lv.get("heal_adapt"):
+        out += _table("Detection: the patch network adapted to each scan (heal-adapt; shipped calibration)",
+                      ["input", "model", "found mL", "Dice @auto", "score p99 / p99.9 in the brain", "AUROC",
+                       "best Dice", "AUPRC", "seconds", "peak RSS GB"],
+                      [f"| {r['input']} | {r['method']} | {r['found_ml']:.2f} | {_fmt(r.get('dice_auto'), 3)} | "
+                       f"{r['score_p99']:.3f} / {r['score_p999']:.3f} | {_fmt(r.get('auroc'), 3)} | {_fmt(r.get('best_dice'), 3)} | "
+                       f"{_fmt(r.get('auprc'), 3)} | {r['seconds']:.0f} | {r['peak_rss_gb']:.2f} |"
+                       for r in lv["heal_adapt"]])
     return out + ["Runs:"] + _runs(lv) + [""]
 
 
