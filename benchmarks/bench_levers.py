@@ -56,7 +56,8 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from common import CASES, RESULTS_DIR, ROOT, TUMOUR, add_rician, machine, measure, noise_seed, require_data, save_results
+from common import (CASES, RESULTS_DIR, ROOT, TUMOUR, add_rician, machine, measure, noise_seed, opening_summary,
+                    require_data, save_results)
 
 CASE = "TCGA-DU-7294"
 
@@ -256,15 +257,10 @@ def opening(console: Console, n_healthy: int, n_tumours: int) -> list[dict]:
                 rows.append(row)
             console.print({k: rows[-1][k] for k in ("contrast", "seed", "kind")},
                           [rw["found_ml"] for rw in rows[-len(OPENING_RADII):]])
-    for contrast in ("t2", "flair"):
-        for r in OPENING_RADII:
-            mine = [rw for rw in rows if rw["contrast"] == contrast and rw["radius_mm"] == r]
-            h = [rw["found_ml"] for rw in mine if rw["kind"] == "healthy"]
-            t = [rw for rw in mine if rw["kind"] == "tumour"]
-            pooled = 2.0 * sum(rw["intersection"] for rw in t) / max(sum(rw["sizes"] for rw in t), 1)
-            console.print(f"{contrast} opening {r} mm: healthy {sum(v > 0 for v in h)}/{len(h)} with a finding, "
-                          f"worst {max(h, default=0):.2f} mL, mean {np.mean(h) if h else 0:.2f} mL; tumours reached "
-                          f"{sum(rw['dice'] > 0 for rw in t)}/{len(t)}, pooled Dice {pooled:.3f}")
+    for r in opening_summary(rows):
+        console.print(f"{r['contrast']} opening {r['radius_mm']} mm: healthy {r['healthy_with_finding']}/{r['healthy']} "
+                      f"with a finding, worst {r['worst_healthy_ml']:.2f} mL; tumours reached "
+                      f"{r['tumours_reached']}/{r['tumours']}, pooled Dice {r['pooled_dice']:.3f}")
     return rows
 
 

@@ -114,3 +114,22 @@ def save_results(name: str, payload: dict) -> Path:
     tmp.write_text(json.dumps(payload, indent=1))
     tmp.replace(path)
     return path
+
+
+def opening_summary(rows: list[dict]) -> list[dict]:
+    """bench_levers' opening rows (one per brain and ball radius) summed per contrast and radius: healthy
+    brains with a finding and the worst one (mL), tumours reached, found and reference mL, pooled Dice."""
+    out = []
+    for contrast in dict.fromkeys(r["contrast"] for r in rows):
+        for radius in dict.fromkeys(r["radius_mm"] for r in rows):
+            mine = [r for r in rows if r["contrast"] == contrast and r["radius_mm"] == radius]
+            healthy = [r["found_ml"] for r in mine if r["kind"] == "healthy"]
+            tumours = [r for r in mine if r["kind"] == "tumour"]
+            out.append({"contrast": contrast, "radius_mm": radius, "healthy": len(healthy),
+                        "healthy_with_finding": sum(v > 0 for v in healthy), "worst_healthy_ml": max(healthy, default=0.0),
+                        "tumours": len(tumours), "tumours_reached": sum(r["dice"] > 0 for r in tumours),
+                        "found_ml": sum(r["found_ml"] for r in tumours),
+                        "reference_ml": sum(r["reference_ml"] for r in tumours),
+                        "pooled_dice": 2.0 * sum(r["intersection"] for r in tumours)
+                        / max(sum(r["sizes"] for r in tumours), 1)})
+    return out

@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 
-from common import RESULTS_DIR, ROOT
+from common import RESULTS_DIR, ROOT, opening_summary
 
 METHOD_NAMES = {
     "noisy": "noisy input",
@@ -143,17 +143,9 @@ def levers_section(lv: dict) -> list[str]:
                       [f"| {r['model']} | {r['input']} | {r['pooled_scan'][0]:.2f} / {r['pooled_scan'][1]:.2f} | "
                        + " | ".join(f"{r[k][0]:.2f} / {r[k][1]:.2f}" for k in keys) + " |" for r in lv["coarse"]])
     if lv.get("opening"):
-        lines = []
-        rows = lv["opening"]
-        for contrast in dict.fromkeys(r["contrast"] for r in rows):
-            for radius in dict.fromkeys(r["radius_mm"] for r in rows):
-                mine = [r for r in rows if r["contrast"] == contrast and r["radius_mm"] == radius]
-                h = [r["found_ml"] for r in mine if r["kind"] == "healthy"]
-                t = [r for r in mine if r["kind"] == "tumour"]
-                pooled = 2.0 * sum(r["intersection"] for r in t) / max(sum(r["sizes"] for r in t), 1)
-                lines.append(f"| {contrast} | {radius:g} | {sum(v > 0 for v in h)} of {len(h)} | {max(h, default=0):.2f} | "
-                             f"{sum(r['dice'] > 0 for r in t)} of {len(t)} | {sum(r['found_ml'] for r in t):.1f} / "
-                             f"{sum(r['reference_ml'] for r in t):.1f} | {pooled:.3f} |")
+        lines = [f"| {r['contrast']} | {r['radius_mm']:g} | {r['healthy_with_finding']} of {r['healthy']} | "
+                 f"{r['worst_healthy_ml']:.2f} | {r['tumours_reached']} of {r['tumours']} | {r['found_ml']:.1f} / "
+                 f"{r['reference_ml']:.1f} | {r['pooled_dice']:.3f} |" for r in opening_summary(lv["opening"])]
         out += _table("Detection: the grow region opened (`detect.grow_opening_mm`), development brains (seeds 740000+ "
                       "healthy, 740500+ tumours; shipped calibration)",
                       ["contrast", "ball radius mm", "healthy brains with a finding", "worst healthy mL",

@@ -177,7 +177,8 @@ def test_multi_contrast_findings_grow_only_through_their_own_contrast(model_dir,
 
     def fake_score(self, volume, *, contrast, grow="auto", **_):
         settings = {"threshold": thr[contrast], "threshold_source": "test", "polarity": "bright",
-                    "grow_threshold": None if grow == "off" else 0.3, "grow_intensity_percentile": None}
+                    "grow_threshold": None if grow == "off" else 0.3, "grow_intensity_percentile": None,
+                    "grow_opening_mm": None if grow == "off" else 0.0}
         return maps[contrast], None, settings, None if grow == "off" else maps[contrast] > 0.3
 
     monkeypatch.setattr(Predictor, "_score", fake_score)
@@ -258,6 +259,17 @@ def test_a_contrast_without_useful_dice_keeps_the_most_conservative_pair():
     assert strict["threshold"] == pytest.approx(np.percentile(values, 99.99))
     with pytest.raises(InputError, match="min_useful_dice"):
         DetectConfig(min_useful_dice=1.5)
+
+def _calibrated_copy(model_dir, tmp_path, **entries):
+    """A copy of the tiny model whose stored calibration has ``entries`` set; returns it and that calibration."""
+    from medhdiff.diffusion.bundle import update_bundle_meta
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    cal = dict(json.loads((model / "model.json").read_text()).get("calibration", {}), **entries)
+    update_bundle_meta(model, calibration=cal)
+    return model, cal
+
 
 def _tiny_scan():
     from test_tasks import small_scan
@@ -449,12 +461,8 @@ def test_detect_joins_the_calibrated_intensity_grow_region(model_dir, tmp_path):
     leaves it out, and the report says which applied."""
     from medhdiff.diffusion.bundle import update_bundle_meta
 
-    model = tmp_path / "model"
-    shutil.copytree(model_dir, model)
+    model, base = _calibrated_copy(model_dir, tmp_path, threshold={"t2": 0.05}, grow_threshold={"t2": 0.04})
     scan = _tiny_scan()
-    cal = json.loads((model / "model.json").read_text()).get("calibration", {})
-    base = dict(cal, threshold={"t2": 0.05}, grow_threshold={"t2": 0.04})
-    update_bundle_meta(model, calibration=base)
     plain = Predictor(model, device="cpu").detect(scan, contrast="t2", min_volume_ml=0.0)
     update_bundle_meta(model, calibration=dict(base, grow_intensity_percentile={"t2": 50.0}))
     pred = Predictor(model, device="cpu")
@@ -527,12 +535,8 @@ def test_calibration_opens_the_grow_region_as_detect_does():
 def test_detect_opens_the_grow_region_when_the_calibration_says_so(model_dir, tmp_path):
     from medhdiff.diffusion.bundle import update_bundle_meta
 
-    model = tmp_path / "model"
-    shutil.copytree(model_dir, model)
+    model, base = _calibrated_copy(model_dir, tmp_path, threshold={"t2": 0.05}, grow_threshold={"t2": 0.01})
     scan = _tiny_scan()
-    cal = json.loads((model / "model.json").read_text()).get("calibration", {})
-    base = dict(cal, threshold={"t2": 0.05}, grow_threshold={"t2": 0.01})
-    update_bundle_meta(model, calibration=base)
     plain = Predictor(model, device="cpu").detect(scan, contrast="t2", min_volume_ml=0.0)
     update_bundle_meta(model, calibration=dict(base, grow_opening_mm=2.0))
     pred = Predictor(model, device="cpu")
@@ -549,16 +553,11 @@ def test_detect_reports_how_the_calibration_fared_on_the_contrast_and_warns_wher
     model) gets a warning, since an empty result there means little; the report carries the figures."""
     import logging
 
-    from medhdiff.diffusion.bundle import update_bundle_meta
-
-    model = tmp_path / "model"
-    shutil.copytree(model_dir, model)
-    cal = json.loads((model / "model.json").read_text()).get("calibration", {})
     pick = {"seed_percentile": 99.9, "grow_percentile": 95.0, "threshold": 0.05, "grow_threshold": 0.04}
-    update_bundle_meta(model, calibration=dict(
-        cal, threshold={"t1": 0.05, "t2": 0.05}, grow_threshold={"t1": 0.04, "t2": 0.04},
+    model, _ = _calibrated_copy(
+        model_dir, tmp_path, threshold={"t1": 0.05, "t2": 0.05}, grow_threshold={"t1": 0.04, "t2": 0.04},
         hysteresis={"t1": dict(pick, useful=False), "t2": dict(pick, useful=True)},
-        synthetic_tumour={"t1": {"dice_at_calibrated": 0.0}, "t2": {"dice_at_calibrated": 0.6}}))
+        synthetic_tumour={"t1": {"dice_at_calibrated": 0.0}, "t2": {"dice_at_calibrated": 0.6}})
     pred = Predictor(model, device="cpu")
     scan = _tiny_scan()
     with caplog.at_level(logging.WARNING, logger="medhdiff"):

@@ -425,23 +425,11 @@ class Predictor:
         seeds = np.concatenate([[False], sizes >= min_volume_ml])[labels]
         if grow_mask is None or not seeds.any():
             return seeds
-        return Predictor._grow_seeds([seeds], grow_mask)[0]
-
-    @staticmethod
-    def _grow_seeds(seed_masks: list[np.ndarray], grow_mask: np.ndarray) -> list[np.ndarray]:
-        """Each seed mask grown to the connected components of ``grow_mask | seeds`` that it touches,
-        with one labelling for all of them (calibration grows several seed levels at once)."""
-        region = grow_mask.copy()
-        for seeds in seed_masks:
-            region |= seeds
-        labels, n = ndimage.label(region)
-        out = []
-        for seeds in seed_masks:
-            hit = np.zeros(n + 1, dtype=bool)
-            hit[labels[seeds]] = True
-            hit[0] = False
-            out.append(hit[labels])
-        return out
+        grown, n = ndimage.label(grow_mask | seeds)
+        hit = np.zeros(n + 1, dtype=bool)
+        hit[grown[seeds]] = True
+        hit[0] = False
+        return hit[grown]
 
     @staticmethod
     def _describe(keep: np.ndarray, score_map: np.ndarray, volume: Volume) -> list[dict]:
@@ -583,8 +571,8 @@ class Predictor:
             seed_ml = self._min_volume(min_volume_ml, settings.get("contrast", name))
             found = self._findings(norm, level, ref.voxel_volume_ml, seed_ml, grow_mask)
             keep |= found
-            per[name] = {**{k: settings.get(k) for k in ("threshold", "threshold_source", "grow_threshold",
-                                                         "grow_intensity_percentile", "grow_opening_mm", "polarity")},
+            per[name] = {**{k: settings[k] for k in ("threshold", "threshold_source", "grow_threshold",
+                                                     "grow_intensity_percentile", "grow_opening_mm", "polarity")},
                          "min_component_ml": seed_ml,
                          "calibration_check": self._calibration_check(name, warn=False),
                          "found_ml": round(float(found.sum()) * ref.voxel_volume_ml, 3)}

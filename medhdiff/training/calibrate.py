@@ -227,29 +227,25 @@ def _hysteresis_masks(score: np.ndarray, seeds: dict, grow_level: float, bright:
     by ``bright`` (the scan's intensity grow region) when given, and opened with a ball of ``opening_mm``
     (``Predictor.open_region``, as ``detect`` does).
 
-    Not opened, every seed lies inside the grow region (each seed level is at least ``grow_level``), so one
-    labelling of it serves all the seeds. Opened, a seed may stick out of it and bridge two of its
-    components, and another level's seeds must not; so the grow region is labelled once and each seed
-    takes the components its face-connected neighbourhood touches (``rims``: ``seeds`` dilated once,
-    cached by the caller across grow regions, or computed here). That is exactly the components of
-    the grow region joined with that seed alone."""
+    The grow region is labelled once, and each seed takes its own voxels and the components its
+    face-connected rim touches (``rims``: ``seeds`` dilated once, ``_rims``, cached by the caller across
+    grow regions, or computed here). That is exactly the components of the grow region joined with that
+    seed alone, also where an opened region leaves a seed sticking out of it to bridge two components,
+    and without one seed level's voxels bridging another's."""
     from medhdiff.tasks.predictor import Predictor
 
     grow = score > grow_level
     if bright is not None:
         grow |= bright
-    levels = list(seeds)
-    if opening_mm <= 0:
-        return dict(zip(levels, Predictor._grow_seeds([seeds[lv] for lv in levels], grow)))
     grow = Predictor.open_region(grow, (spacing_mm,) * score.ndim, opening_mm)
     labels, n = ndimage.label(grow)
     rims = rims if rims is not None else _rims(seeds)
     out = {}
-    for lv in levels:
+    for lv, seed in seeds.items():
         hit = np.zeros(n + 1, dtype=bool)
         hit[labels[rims[lv]]] = True
         hit[0] = False
-        out[lv] = hit[labels] | seeds[lv]
+        out[lv] = hit[labels] | seed
     return out
 
 
@@ -302,7 +298,7 @@ def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, 
         """Yields ``((seed p, grow p, intensity p, seed volume), finding mask)`` for one map, one at a time."""
         seed_masks = {(level[sp], v): Predictor._findings(sc, level[sp], voxel_ml, v)
                       for sp in {sp for sp, _ in pairs} for v in volumes}
-        rims = _rims(seed_masks) if d.grow_opening_mm > 0 else None
+        rims = _rims(seed_masks)
         for gp in grows:
             mine = {(level[sp], v): seed_masks[(level[sp], v)] for sp, g in pairs if g == gp for v in volumes}
             for q in options:
