@@ -6,6 +6,7 @@
     python benchmarks/bench_levers.py --sections detect coarse --models shipped runs/heal/model runs/heal2/model
     python benchmarks/bench_levers.py --sections opening
     python benchmarks/bench_levers.py --sections heal-adapt
+    python benchmarks/bench_levers.py --sections score-scale [--cache /tmp/t2scores]
 
 * tta: TCGA-DU-7294 T2 at 9 % Rician noise (the BM4D comparison input). medhdiff denoise (default steps,
   no test-time adaptation, as measured before adaptation existed) on the scan, on its left-right flip and on its anterior-posterior flip, each flipped back; PSNR/SSIM
@@ -40,6 +41,14 @@
   (733018, the bright-cortex brain of bench_healthy_fp, and 740000, a development brain). Per input: the
   found volume, the score's 99th/99.9th percentiles in the brain and, on TCGA, the Dice at the auto
   thresholds, AUROC / best Dice / AUPRC against the reference.
+* score-scale: `detect.score_scale` on T2. The calibration brains of configs/detector.yaml (8 healthy,
+  seeds 900000+, and 6 tumours, 900501+) and the development brains of the opening section are scored
+  once, unscaled (model space, as calibration scores them); for each option (none, the scan's own mean
+  score, its 50th, 75th or 90th percentile) the scores are divided, the (seed, grow, seed volume) pick is
+  made as `medhdiff calibrate` makes it, and that pick is applied to the development brains: healthy
+  brains with a finding and the worst, tumours reached, found / reference mL, pooled Dice. The rule, fixed
+  before it was run: no more healthy brains with a finding than unscaled and no larger worst one, pooled
+  Dice within 0.02 of unscaled; among those, the fewest findings, then the best Dice.
 
 Results go to benchmarks/results/levers.json (each section replaced when re-run); make_results.py adds
 them to RESULTS.md.
@@ -205,37 +214,44 @@ OPENING_RADII = (0.0, 1.0, 1.5, 2.0)
 DEV_SEED = 740_000
 
 
+def _tumours(contrast: str, start: int, n: int, noise_range, volume_ml):
+    """``n`` synthetic brains with an injected tumour, seeds from ``start`` (a seed whose tumour finds no
+    room is skipped, as calibration does): ``(seed, Volume, brain, lesion)``."""
+    from medhdiff.io import Volume
+    from medhdiff.synth import HealthyBrainGenerator, LesionInjector, load_builtin_labelmap
+    from medhdiff.synth import labels as synth_labels
+
+    labels, affine = load_builtin_labelmap()
+    gen = HealthyBrainGenerator(contrast=contrast, spacing=1.0, noise_range=noise_range)
+    found, s = 0, start
+    while found < n:
+        res = gen.generate(labels, affine, seed=s)
+        brain = res.brain_mask > 0
+        try:
+            image, lesion, _ = LesionInjector(kind="tumor", volume_ml=volume_ml).inject(
+                res.image, brain, res.affine, contrast, seed=s, wm_mask=synth_labels.class_mask(res.labels, "wm"))
+        except ValueError:
+            s += 1
+            continue
+        yield s, Volume(image, res.affine), brain, lesion > 0
+        found, s = found + 1, s + 1
+
+
 def opening(console: Console, n_healthy: int, n_tumours: int) -> list[dict]:
     from bench_detect import healthy_synthetic
 
-    from medhdiff.io import Volume
     from medhdiff.metrics import dice
-    from medhdiff.synth import HealthyBrainGenerator, LesionInjector, load_builtin_labelmap
-    from medhdiff.synth import labels as synth_labels
     from medhdiff.tasks import Predictor
 
     pred = Predictor(None, device="cpu", model="detector")
     if pred.bundle.meta.get("calibration", {}).get("grow_opening_mm"):
         sys.exit("error: the opening section compares against no opening; its model already opens")
-    labels, affine = load_builtin_labelmap()
 
     def cases(contrast):
         for i in range(n_healthy):
             vol, brain = healthy_synthetic(contrast, i, first=DEV_SEED)
             yield DEV_SEED + i, vol, brain, None
-        gen = HealthyBrainGenerator(contrast=contrast, spacing=1.0, noise_range=(0.01, 0.02))
-        found, s = 0, DEV_SEED + 500
-        while found < n_tumours:
-            res = gen.generate(labels, affine, seed=s)
-            brain = res.brain_mask > 0
-            try:
-                image, lesion, _ = LesionInjector(kind="tumor", volume_ml=(5.0, 60.0)).inject(
-                    res.image, brain, res.affine, contrast, seed=s, wm_mask=synth_labels.class_mask(res.labels, "wm"))
-            except ValueError:
-                s += 1
-                continue
-            yield s, Volume(image, res.affine), brain, lesion > 0
-            found, s = found + 1, s + 1
+        yield from _tumours(contrast, DEV_SEED + 500, n_tumours, (0.01, 0.02), (5.0, 60.0))
 
     rows = []
     for contrast in ("t2", "flair"):
@@ -261,6 +277,117 @@ def opening(console: Console, n_healthy: int, n_tumours: int) -> list[dict]:
         console.print(f"{r['contrast']} opening {r['radius_mm']} mm: healthy {r['healthy_with_finding']}/{r['healthy']} "
                       f"with a finding, worst {r['worst_healthy_ml']:.2f} mL; tumours reached "
                       f"{r['tumours_reached']}/{r['tumours']}, pooled Dice {r['pooled_dice']:.3f}")
+    return rows
+
+
+SCALES = ("none", "mean", "p50", "p75", "p90")
+
+
+def score_scale(console: Console, n_healthy: int, n_tumours: int, cache: Path | None,
+                contrast: str = "t2") -> list[dict]:
+    """Each ``detect.score_scale`` option calibrated as ``medhdiff calibrate`` would (configs/detector.yaml's
+    detect settings and calibration brains), then scored on the development brains."""
+    from scipy import ndimage
+
+    from bench_detect import healthy_synthetic
+
+    from medhdiff.synth import HealthyBrainGenerator, load_builtin_labelmap
+    from medhdiff.tasks import Predictor
+    from medhdiff.training import load_config
+    from medhdiff.training.calibrate import LESION_ML, _pick_hysteresis
+
+    cfg = load_config(ROOT / "configs" / "detector.yaml")
+    d = cfg.detect
+    pred = Predictor(None, device="cpu", model="detector")
+    label = pred.class_label(contrast)
+    polarity = "bright" if contrast in ("t2", "flair") else "both"
+    labels, affine = load_builtin_labelmap()
+
+    def calibration_brains():
+        gen = HealthyBrainGenerator(contrast=contrast, spacing=1.0, noise_range=cfg.data.noise_range)
+        for i in range(d.healthy_volumes):
+            res = gen.generate(labels, affine, seed=900_000 + i)
+            yield "calh", 900_000 + i, res.image, res.affine, res.brain_mask > 0, None
+        for s, vol, brain, lesion in _tumours(contrast, 900_501, d.lesion_volumes, cfg.data.noise_range, LESION_ML):
+            yield "calt", s, vol.data, vol.affine, brain, lesion
+
+    def development_brains():
+        for i in range(n_healthy):
+            vol, brain = healthy_synthetic(contrast, i, first=DEV_SEED)
+            yield "devh", DEV_SEED + i, vol.data, vol.affine, brain, None
+        for s, vol, brain, lesion in _tumours(contrast, DEV_SEED + 500, n_tumours, (0.01, 0.02), (5.0, 60.0)):
+            yield "devt", s, vol.data, vol.affine, brain, lesion
+
+    def raw(brains) -> list[dict]:
+        """Unscaled model-space scores as calibration computes them (cached per brain under ``cache``)."""
+        from medhdiff.io import Volume
+
+        out = []
+        for tag, s, image, aff, brain, lesion in brains:
+            path = None if cache is None else cache / f"{tag}_{s}.npz"
+            if path is None or not path.is_file():
+                with measure() as m:
+                    prep = pred.prepare(Volume(image, aff), mask=brain)
+                    sc, _ = pred.anomaly_map(prep, label=label, polarity=polarity, ensemble=d.ensemble,
+                                             strengths=d.strengths, steps=d.steps, seed=s)
+                ref = (np.zeros(1, bool) if lesion is None else
+                       pred.preprocessor.to_model(lesion.astype(np.float32), prep.record, kind="mask") > 0)
+                bright = Predictor.bright_regions(prep.image, prep.mask, d.grow_intensity_percentiles)
+                item = {"score": sc, "inner": ndimage.binary_erosion(prep.mask, iterations=2), "mask": prep.mask,
+                        "ref": ref, **{f"bright{k}": v for k, v in bright.items()}}
+                if path is not None:
+                    cache.mkdir(parents=True, exist_ok=True)
+                    np.savez_compressed(path, **item)
+                console.print(f"{tag} {s}: scored in {m.seconds:.0f} s")
+            else:
+                with np.load(path) as z:
+                    item = {k: z[k] for k in z.files}
+            item["bright"] = {float(k[6:]): v for k, v in item.items() if k.startswith("bright") and k != "bright"}
+            item["seed"] = s
+            out.append(item)
+        return out
+
+    cal, dev = raw(calibration_brains()), raw(development_brains())
+    cal_h, cal_t = cal[:d.healthy_volumes], cal[d.healthy_volumes:]
+    dev_h, dev_t = dev[:n_healthy], dev[n_healthy:]
+    voxel_ml = 0.001  # model space is 1 mm
+    rows = []
+    for how in SCALES:
+        def scaled(item):
+            return Predictor.scale_score(item["score"], item["mask"], how)[0]
+
+        healthy = [scaled(c) for c in cal_h]
+        values = np.concatenate([h[c["inner"]] for h, c in zip(healthy, cal_h)])
+        pick = _pick_hysteresis(values, healthy, [(scaled(c), c["ref"] & c["inner"]) for c in cal_t], d, voxel_ml,
+                                [c["bright"] for c in cal_h], [c["bright"] for c in cal_t])
+        q = pick["grow_intensity_percentile"]
+
+        def found(item):
+            sc = scaled(item)
+            grow = sc > pick["grow_threshold"]
+            if q is not None:
+                grow |= item["bright"][q]
+            return Predictor._findings(sc, pick["threshold"], voxel_ml, pick["seed_min_volume_ml"], grow) & item["mask"]
+
+        fp = [float(found(c).sum()) * voxel_ml for c in dev_h]
+        inter = sizes = reached = 0
+        found_ml = reference_ml = 0.0
+        for c in dev_t:
+            k = found(c)
+            inter += int((k & c["ref"]).sum())
+            sizes += int(k.sum() + c["ref"].sum())
+            reached += bool((k & c["ref"]).any())
+            found_ml += float(k.sum()) * voxel_ml
+            reference_ml += float(c["ref"].sum()) * voxel_ml
+        row = {"contrast": contrast, "score_scale": how,
+               "pick": f"p{pick['seed_percentile']} ({pick['seed_min_volume_ml']} mL seeds) / p{pick['grow_percentile']}"
+                       + ("" if q is None else f" + intensity p{q}"),
+               "calibration_dice": pick["dice"], "healthy": len(fp), "healthy_with_finding": sum(v > 0 for v in fp),
+               "worst_healthy_ml": round(max(fp), 2), "mean_healthy_ml": round(float(np.mean(fp)), 3),
+               "tumours": len(dev_t), "tumours_reached": reached, "found_ml": round(found_ml, 1),
+               "reference_ml": round(reference_ml, 1), "pooled_dice": round(2.0 * inter / max(sizes, 1), 3)}
+        rows.append(row)
+        console.print(row)
     return rows
 
 
@@ -375,6 +502,8 @@ def main() -> None:
     ap.add_argument("--adapt-steps", type=int, default=40, help="heal-adapt: adaptation steps")
     ap.add_argument("--dev-healthy", type=int, default=16, help="opening: healthy development brains per contrast")
     ap.add_argument("--dev-tumours", type=int, default=10, help="opening: development tumours per contrast")
+    ap.add_argument("--cache", default=None,
+                    help="score-scale: folder that keeps each brain's unscaled score map, so a re-run only re-picks")
     args = ap.parse_args()
     if not require_data():
         return
@@ -403,6 +532,10 @@ def main() -> None:
         save_results("levers", payload)
     if "opening" in args.sections:
         payload["opening"] = opening(console, args.dev_healthy, args.dev_tumours)
+        save_results("levers", payload)
+    if "score-scale" in args.sections:
+        payload["score_scale"] = score_scale(console, args.dev_healthy, args.dev_tumours,
+                                             Path(args.cache) if args.cache else None)
         save_results("levers", payload)
     if "heal-adapt" in args.sections:
         payload["heal_adapt"] = heal_adapt(console, args.adapt_steps)

@@ -150,6 +150,16 @@ def levers_section(lv: dict) -> list[str]:
                       "healthy, 740500+ tumours; shipped calibration)",
                       ["contrast", "ball radius mm", "healthy brains with a finding", "worst healthy mL",
                        "tumours reached", "found / reference mL", "pooled Dice"], lines)
+    if lv.get("score_scale"):
+        out += _table("Detection: the score divided by the scan's own statistic (`detect.score_scale`), each option "
+                      "calibrated on the calibration brains, scored on development brains (seeds 740000+ healthy, "
+                      "740500+ tumours)",
+                      ["contrast", "score scale", "calibrated pick", "calibration Dice", "healthy brains with a finding",
+                       "worst healthy mL", "tumours reached", "found / reference mL", "pooled Dice"],
+                      [f"| {r['contrast']} | {r['score_scale']} | {r['pick']} | {r['calibration_dice']:.3f} | "
+                       f"{r['healthy_with_finding']} of {r['healthy']} | {r['worst_healthy_ml']:.2f} | "
+                       f"{r['tumours_reached']} of {r['tumours']} | {r['found_ml']:.1f} / {r['reference_ml']:.1f} | "
+                       f"{r['pooled_dice']:.3f} |" for r in lv["score_scale"]])
     if lv.get("heal_adapt"):
         out += _table("Detection: the patch network adapted to each scan (heal-adapt; shipped calibration)",
                       ["input", "model", "found mL", "Dice @auto", "score p99 / p99.9 in the brain", "AUROC",

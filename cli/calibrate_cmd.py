@@ -61,6 +61,13 @@ def calibrate(
         else:
             table.add_row(contrast, f"p{cal['percentile']}", f"{thr:.4f}", "-" if dice is None else f"{dice:.3f}",
                           f"{cal['healthy_fp_ml_at_percentile'][contrast]:.2f} / -")
+    notes = []
     if cal.get("grow_opening_mm"):
-        table.caption = f"grow regions opened with a {cal['grow_opening_mm']} mm ball (detect.grow_opening_mm)"
+        notes.append(f"grow regions opened with a {cal['grow_opening_mm']} mm ball (detect.grow_opening_mm)")
+    scaled = {c: v for c, v in (cal.get("score_scale") or {}).items() if v != "none"}
+    if scaled:
+        notes.append("scores divided by the scan's own " + ", ".join(f"{v} on {c}" for c, v in scaled.items())
+                     + " (detect.score_scale)")
+    if notes:
+        table.caption = "; ".join(notes)
     console.print(table)

@@ -171,7 +171,7 @@ def detect(
     report: Path | None = typer.Option(None, "--report", help="JSON report file or folder (default: next to the mask)."),
     png: Path | None = typer.Option(None, "--png", help="PNG overlay file or folder (three slices through the largest finding)."),
     weights: Path | None = DETECT_WEIGHTS,
-    threshold: str = typer.Option("auto", "--threshold", help="auto (calibrated on synthetic scans) or a score value; findings are seeded above it. With --t1/--t2/--flair, a factor on each contrast's calibrated threshold."),
+    threshold: str = typer.Option("auto", "--threshold", help="auto (calibrated on synthetic scans) or a score value (in the units of the report's threshold: divided by the scan's own statistic where the report gives a score_scale); findings are seeded above it. With --t1/--t2/--flair, a factor on each contrast's calibrated threshold."),
     grow: str = typer.Option("auto", "--grow", help="auto (calibrated: the grow threshold, plus the scan's own bright voxels where the model calibrated that), off, or a score value: findings grow through connected voxels down to this lower threshold (a value: the score alone). With --t1/--t2/--flair: auto or off."),
     ensemble: int | None = typer.Option(None, "--ensemble", help="Reconstructions per scan (default: the model's calibrated setting)."),
     steps: int | None = typer.Option(None, "--steps", help="Sampling steps per reconstruction (default: the model's)."),

@@ -93,6 +93,7 @@ def test_the_shipped_detector_calibration_follows_its_recipe():
     assert cal.get("grow_intensity_percentiles", []) == list(d.grow_intensity_percentiles)
     assert cal.get("grow_opening_mm", 0.0) == d.grow_opening_mm
     for contrast, pick in cal["hysteresis"].items():
+        assert cal.get("score_scale", {}).get(contrast, "none") == d.score_scale.get(contrast, "none")
         assert pick.get("grow_intensity_percentile") in {None, *d.grow_intensity_percentiles}
         assert cal.get("grow_intensity_percentile", {}).get(contrast) == pick.get("grow_intensity_percentile")
         assert pick["seed_percentile"] in {d.percentile, *d.seed_percentiles}
@@ -178,7 +179,7 @@ def test_multi_contrast_findings_grow_only_through_their_own_contrast(model_dir,
     def fake_score(self, volume, *, contrast, grow="auto", **_):
         settings = {"threshold": thr[contrast], "threshold_source": "test", "polarity": "bright",
                     "grow_threshold": None if grow == "off" else 0.3, "grow_intensity_percentile": None,
-                    "grow_opening_mm": None if grow == "off" else 0.0}
+                    "grow_opening_mm": None if grow == "off" else 0.0, "score_scale": None}
         return maps[contrast], None, settings, None if grow == "off" else maps[contrast] > 0.3
 
     monkeypatch.setattr(Predictor, "_score", fake_score)
@@ -569,3 +570,88 @@ def test_detect_reports_how_the_calibration_fared_on_the_contrast_and_warns_wher
         t2 = pred.detect(scan, contrast="t2")
     assert t2.report["calibration_check"] == {"synthetic_tumour_dice": 0.6, "useful": True}
     assert not any("synthetic tumours" in r.getMessage() for r in caplog.records)
+
+
+def test_score_scale_divides_by_the_scans_own_statistic_inside_the_scored_region():
+    import numpy as np
+    from scipy import ndimage
+
+    rng = np.random.default_rng(4)
+    mask = np.zeros((30, 30, 30), bool)
+    mask[4:26, 4:26, 4:26] = True
+    inner = ndimage.binary_erosion(mask, iterations=2)
+    score = np.where(inner, rng.gamma(2.0, 0.05, mask.shape), 0.0).astype(np.float32)
+    same, none = Predictor.scale_score(score, mask, "none")
+    assert none is None and same is score
+    scaled, mean = Predictor.scale_score(score, mask, "mean")
+    assert mean == pytest.approx(float(score[inner].mean())) and scaled[inner].mean() == pytest.approx(1.0, rel=1e-5)
+    scaled, p75 = Predictor.scale_score(score, mask, "p75")
+    assert p75 == pytest.approx(float(np.percentile(score[inner], 75))) and (scaled[~inner] == 0).all()
+    # a perfect reconstruction scores zero everywhere: nothing to divide by, the score stays as it is
+    zero = np.zeros_like(score)
+    assert Predictor.scale_score(zero, mask, "mean")[1] is None
+    for bad in ("max", "p0", "p100", "pxx", "75"):
+        with pytest.raises(InputError, match="score_scale"):
+            DetectConfig(score_scale={"t2": bad})
+    with pytest.raises(InputError, match="score_scale"):
+        DetectConfig(score_scale="mean")
+
+
+def test_a_score_scale_for_a_contrast_the_config_does_not_train_is_refused(tmp_path):
+    doc = yaml.safe_load(TINY.read_text())
+    doc["detect"] = {"score_scale": {"pd": "mean"}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(InputError, match="score_scale"):
+        load_config(path)
+
+
+def test_detect_scales_the_score_of_the_contrasts_the_calibration_scaled(model_dir, tmp_path):
+    """With ``score_scale: {t2: mean}`` stored, ``detect`` on T2 divides its score by the scan's own mean
+    score and says so; other contrasts, and a model without the entry, keep intensity units."""
+    from medhdiff.diffusion.bundle import update_bundle_meta
+
+    model, base = _calibrated_copy(model_dir, tmp_path, threshold={"t1": 0.05, "t2": 0.05},
+                                   grow_threshold={"t1": 0.02, "t2": 0.02})
+    scan = _tiny_scan()
+    plain = Predictor(model, device="cpu").detect(scan, contrast="t2", min_volume_ml=0.0)
+    update_bundle_meta(model, calibration=dict(base, score_scale={"t2": "mean", "t1": "none"}))
+    pred = Predictor(model, device="cpu")
+    scaled = pred.detect(scan, contrast="t2", min_volume_ml=0.0)
+    assert plain.report["score_scale"] is None
+    info = scaled.report["score_scale"]
+    assert info["statistic"] == "mean" and info["divisor"] > 0
+    import numpy as np
+
+    np.testing.assert_allclose(scaled.score_map * info["divisor"], plain.score_map, rtol=1e-4, atol=1e-6)
+    assert pred.detect(scan, contrast="t1", min_volume_ml=0.0).report["score_scale"] is None
+    multi = pred.detect_multi({"t2": scan, "t1": scan}, min_volume_ml=0.0)
+    assert multi.report["per_contrast"]["t2"]["score_scale"]["statistic"] == "mean"
+    assert multi.report["per_contrast"]["t1"]["score_scale"] is None
+
+
+def test_calibration_scores_scaled_contrasts_as_detect_does_and_records_the_scale(model_dir, tmp_path, monkeypatch):
+    from medhdiff.training.calibrate import calibrate_detection
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    cfg = load_config(TINY)
+    cfg.data.contrasts = ("t2",)
+    calls = []
+    original = Predictor.scale_score
+
+    def spy(score, mask, how):
+        calls.append(how)
+        return original(score, mask, how)
+
+    monkeypatch.setattr(Predictor, "scale_score", staticmethod(spy))
+    settings = DetectConfig(strengths=(0.2,), steps=1, ensemble=1, healthy_volumes=2, lesion_volumes=0,
+                            percentile=99.0, score_scale={"t2": "mean"})
+    cal = calibrate_detection(model, cfg, detect=settings)
+    assert calls == ["mean", "mean"] and cal["score_scale"] == {"t2": "mean"}
+    # the threshold is a percentile of scores whose in-brain mean is 1 on each brain: above 1
+    assert cal["threshold"]["t2"] > 1.0
+    # recalibrating without the scale says so for that contrast rather than keeping the stored one
+    cal = calibrate_detection(model, cfg, detect=DetectConfig(**{**settings.__dict__, "score_scale": {}}),
+                              contrasts=["t2"])
+    assert cal["score_scale"] == {"t2": "none"} and cal["threshold"]["t2"] < 1.0

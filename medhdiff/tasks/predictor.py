@@ -29,7 +29,7 @@ from medhdiff.preprocess import PreprocessConfig, Preprocessed, Preprocessor
 from medhdiff.tasks.adapt import AdaptConfig, adapt_patch_model
 from medhdiff.tasks.noise import estimate_sigma, rician_bias_correct
 from medhdiff.tasks.results import DenoiseResult, DetectResult, ReconstructResult
-from medhdiff.training.config import DetectConfig
+from medhdiff.training.config import DetectConfig, score_scale_statistic
 
 log = logging.getLogger("medhdiff")
 
@@ -302,6 +302,22 @@ class Predictor:
         return score, np.mean(np.stack(recs), axis=0).astype(np.float32)
 
     @staticmethod
+    def scale_score(score: np.ndarray, mask: np.ndarray, how: str) -> tuple[np.ndarray, float | None]:
+        """``score`` divided by its own ``how`` statistic (``detect.score_scale``: ``"mean"`` or ``"pNN"``) inside
+        ``mask`` eroded twice (where ``anomaly_map`` scores), and the divisor; ``"none"``: as it is, ``None``."""
+        stat = score_scale_statistic(how)
+        if stat is None:
+            return score, None
+        inner = ndimage.binary_erosion(mask, iterations=2)
+        values = score[inner] if inner.any() else score[mask > 0]
+        if not values.size:
+            return score, None
+        divisor = float(values.mean()) if stat == "mean" else float(np.percentile(values, stat))
+        if not divisor > 1e-8:  # a perfect reconstruction: nothing to scale by
+            return score, None
+        return (score / divisor).astype(np.float32), divisor
+
+    @staticmethod
     def bright_regions(image: np.ndarray, brain: np.ndarray, percentiles) -> dict[float, np.ndarray]:
         """Where the scan itself is bright, per percentile: its median-filtered intensity above its own
         ``percentile`` inside the scored region (the brain mask eroded twice, as for the score), in model
@@ -352,6 +368,8 @@ class Predictor:
             raise InputError("--polarity must be auto, bright, dark or both")
         score, rec = self.anomaly_map(prep, label=label, polarity=polarity, ensemble=ensemble,
                                       strengths=strengths, steps=steps, seed=seed)
+        scale = (cal.get("score_scale") or {}).get(name, "none")
+        score, divisor = self.scale_score(score, prep.mask, scale)
         score_map = np.maximum(self.preprocessor.inverse(score, prep.record, kind="map"), 0.0)
         reconstruction = self.preprocessor.inverse(rec, prep.record, kind="image")
         if threshold == "auto":
@@ -387,6 +405,7 @@ class Predictor:
                     "grow_threshold": grow_thr,
                     "grow_intensity_percentile": None if bright_p is None else float(bright_p),
                     "grow_opening_mm": opening if grow_mask is not None else None,
+                    "score_scale": None if divisor is None else {"statistic": scale, "divisor": round(divisor, 6)},
                     "ensemble": ensemble, "strengths": list(strengths), "steps": steps}
         return score_map.astype(np.float32), reconstruction, settings, grow_mask
 
@@ -479,6 +498,7 @@ class Predictor:
             **{k: settings[k] for k in ("contrast", "polarity", "threshold", "threshold_source", "grow_threshold")},
             "grow_intensity_percentile": settings.get("grow_intensity_percentile"),
             "grow_opening_mm": settings.get("grow_opening_mm"),
+            "score_scale": settings.get("score_scale"),
             "min_component_ml": min_volume_ml,
             "total_lesion_ml": round(float(sum(c["volume_ml"] for c in components)), 3),
             "n_components": len(components),
@@ -572,7 +592,8 @@ class Predictor:
             found = self._findings(norm, level, ref.voxel_volume_ml, seed_ml, grow_mask)
             keep |= found
             per[name] = {**{k: settings[k] for k in ("threshold", "threshold_source", "grow_threshold",
-                                                     "grow_intensity_percentile", "grow_opening_mm", "polarity")},
+                                                     "grow_intensity_percentile", "grow_opening_mm", "score_scale",
+                                                     "polarity")},
                          "min_component_ml": seed_ml,
                          "calibration_check": self._calibration_check(name, warn=False),
                          "found_ml": round(float(found.sum()) * ref.voxel_volume_ml, 3)}

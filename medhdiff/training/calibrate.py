@@ -63,11 +63,12 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
     labels, affine = load_builtin_labelmap()
     spacing = cfg.preprocess.spacing[0] if cfg.preprocess.spacing else 1.0
 
-    def score(image: np.ndarray, aff: np.ndarray, brain: np.ndarray, label, polarity: str, s: int):
+    def score(image: np.ndarray, aff: np.ndarray, brain: np.ndarray, label, polarity: str, s: int, scale: str):
         """Model-space score (exactly as ``detect`` computes it), the scored region, the preprocessing."""
         prep = predictor.prepare(Volume(image, aff), mask=brain)
         sc, _ = predictor.anomaly_map(prep, label=label, polarity=polarity, ensemble=d.ensemble,
                                       strengths=d.strengths, steps=d.steps, seed=s)
+        sc, _ = Predictor.scale_score(sc, prep.mask, scale)
         return sc, ndimage.binary_erosion(prep.mask, iterations=2), prep
 
     thresholds, fp_ml, lesion_dice, grow_thresholds = {}, {}, {}, {}
@@ -100,10 +101,11 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
         gen = HealthyBrainGenerator(contrast=contrast, spacing=spacing, noise_range=cfg.data.noise_range)
         label = predictor.class_label(contrast)
         polarity = "bright" if contrast in BRIGHT_LESION_CONTRASTS else "both"
+        scale = d.score_scale.get(contrast, "none")
         pooled, healthy_maps, healthy_bright, lesion_bright = [], [], [], []
         for i in range(d.healthy_volumes):
             res = gen.generate(labels, affine, seed=seed + i)
-            sc, inner, prep = score(res.image, res.affine, res.brain_mask > 0, label, polarity, seed + i)
+            sc, inner, prep = score(res.image, res.affine, res.brain_mask > 0, label, polarity, seed + i, scale)
             pooled.append(sc[inner])
             healthy_maps.append(sc)
             healthy_bright.append(bright(prep))
@@ -127,7 +129,7 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
                     if s > seed + 600:
                         raise
                     continue
-                sc, inner, prep = score(image, res.affine, brain, label, polarity, s)
+                sc, inner, prep = score(image, res.affine, brain, label, polarity, s, scale)
                 ref = predictor.preprocessor.to_model(lesion.astype(np.float32), prep.record, kind="mask") > 0
                 scores.append(sc[inner])
                 refs.append(ref[inner])
@@ -155,6 +157,9 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
                  else "")
     calibration = {"threshold": thresholds, **_shared_settings(d), "healthy_fp_ml_at_percentile": fp_ml,
                    "source": "synthetic healthy brains from the built-in label map, held-out seeds"}
+    scales = {c: d.score_scale.get(c, "none") for c in chosen}
+    if any(v != "none" for v in scales.values()) or "score_scale" in stored:  # older records stay as they were
+        calibration["score_scale"] = scales
     if lesion_dice:
         calibration["synthetic_tumour"] = lesion_dice
     if lesion_dice and not grow_thresholds:
@@ -178,7 +183,7 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
 
 #: Calibration entries that hold one value per contrast; the others are settings shared by all contrasts.
 PER_CONTRAST = ("threshold", "healthy_fp_ml_at_percentile", "grow_threshold", "grow_intensity_percentile",
-                "seed_min_volume_ml", "seed_min_volumes_ml", "hysteresis", "synthetic_tumour")
+                "seed_min_volume_ml", "seed_min_volumes_ml", "hysteresis", "synthetic_tumour", "score_scale")
 
 
 def _shared_settings(d: DetectConfig) -> dict:

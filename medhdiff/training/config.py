@@ -196,7 +196,13 @@ class DetectConfig:
     that radius: parts thinner than about twice the radius (a ribbon of bright
     cortex, a rim along a ventricle) no longer carry a finding away from its
     seed, while a compact lesion keeps its extent; the seeds themselves are
-    never opened. Without ``grow_percentiles``, and with
+    never opened. ``score_scale`` (per contrast) divides that contrast's score, in
+    calibration and in ``detect`` alike, by a statistic of the scan's own score
+    inside the brain (``"mean"``, or ``"p75"`` for a percentile; ``"none"``, the
+    default, leaves it in intensity units): a scan whose whole brain the healer
+    reconstructs less well (a bright-cortex draw on T2) then no longer crosses
+    a level calibrated on typical scans everywhere at once, while a lesion, a
+    small part of the brain, barely moves the statistic. Without ``grow_percentiles``, and with
     ``lesion_volumes > 0``, the single threshold is raised, where that helps,
     to the threshold of best Dice on those tumours.
     """
@@ -217,6 +223,7 @@ class DetectConfig:
     min_useful_dice: float = 0.2
     seed_min_volumes_ml: tuple[float, ...] = ()
     grow_opening_mm: float = 0.0
+    score_scale: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.strengths = tuple(float(v) for v in self.strengths)
@@ -261,6 +268,27 @@ class DetectConfig:
         if not 0.0 <= self.grow_opening_mm <= 10.0 or (self.grow_opening_mm and not self.grow_percentiles):
             raise InputError("detect.grow_opening_mm must be in [0, 10] mm, and above 0 it needs grow_percentiles "
                              "(hysteresis)")
+        if not isinstance(self.score_scale, Mapping):
+            raise InputError("detect.score_scale must map contrasts to none, mean or pNN, e.g. {t2: mean}")
+        self.score_scale = {str(k): str(v) for k, v in self.score_scale.items()}
+        for how in self.score_scale.values():
+            score_scale_statistic(how)
+
+
+def score_scale_statistic(how: str) -> float | str | None:
+    """A ``detect.score_scale`` value parsed: ``None`` for ``"none"``, ``"mean"``, or the percentile of ``"pNN"``."""
+    if how == "none":
+        return None
+    if how == "mean":
+        return "mean"
+    try:
+        q = float(how[1:]) if how.startswith("p") else math.nan
+    except ValueError:
+        q = math.nan
+    if not 0.0 < q < 100.0:
+        raise InputError(f"detect.score_scale values must be none, mean or a percentile pNN (0 < NN < 100), "
+                         f"got {how!r}")
+    return q
 
 
 @dataclass
@@ -299,6 +327,10 @@ class TrainConfig:
         unknown = set(data.contrasts) - set(model.contrasts)
         if unknown:
             raise InputError(f"{where}: data.contrasts {sorted(unknown)} are not in model.contrasts")
+        unknown = set(detect.score_scale) - set(data.contrasts)
+        if unknown:
+            raise InputError(f"{where}: detect.score_scale names contrasts {sorted(unknown)} that are not in "
+                             "data.contrasts")
         return cls(model=model, preprocess=pre, data=data, optim=optim, detect=detect,
                    description=str(d.get("description", "")))
 
