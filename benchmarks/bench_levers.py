@@ -287,8 +287,6 @@ def score_scale(console: Console, n_healthy: int, n_tumours: int, cache: Path | 
                 contrast: str = "t2") -> list[dict]:
     """Each ``detect.score_scale`` option calibrated as ``medhdiff calibrate`` would (configs/detector.yaml's
     detect settings and calibration brains), then scored on the development brains."""
-    from scipy import ndimage
-
     from bench_detect import healthy_synthetic
 
     from medhdiff.synth import HealthyBrainGenerator, load_builtin_labelmap
@@ -333,7 +331,7 @@ def score_scale(console: Console, n_healthy: int, n_tumours: int, cache: Path | 
                 ref = (np.zeros(1, bool) if lesion is None else
                        pred.preprocessor.to_model(lesion.astype(np.float32), prep.record, kind="mask") > 0)
                 bright = Predictor.bright_regions(prep.image, prep.mask, d.grow_intensity_percentiles)
-                item = {"score": sc, "inner": ndimage.binary_erosion(prep.mask, iterations=2), "mask": prep.mask,
+                item = {"score": sc, "inner": Predictor.scored_region(prep.mask), "mask": prep.mask,
                         "ref": ref, **{f"bright{k}": v for k, v in bright.items()}}
                 if path is not None:
                     cache.mkdir(parents=True, exist_ok=True)
@@ -354,7 +352,7 @@ def score_scale(console: Console, n_healthy: int, n_tumours: int, cache: Path | 
     rows = []
     for how in SCALES:
         def scaled(item):
-            return Predictor.scale_score(item["score"], item["mask"], how)[0]
+            return Predictor.scale_score(item["score"], item["inner"], how)[0]
 
         healthy = [scaled(c) for c in cal_h]
         values = np.concatenate([h[c["inner"]] for h, c in zip(healthy, cal_h)])

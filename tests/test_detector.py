@@ -579,17 +579,19 @@ def test_score_scale_divides_by_the_scans_own_statistic_inside_the_scored_region
     rng = np.random.default_rng(4)
     mask = np.zeros((30, 30, 30), bool)
     mask[4:26, 4:26, 4:26] = True
-    inner = ndimage.binary_erosion(mask, iterations=2)
+    inner = Predictor.scored_region(mask)
+    assert (inner == ndimage.binary_erosion(mask, iterations=2)).all()
     score = np.where(inner, rng.gamma(2.0, 0.05, mask.shape), 0.0).astype(np.float32)
-    same, none = Predictor.scale_score(score, mask, "none")
+    same, none = Predictor.scale_score(score, inner, "none")
     assert none is None and same is score
-    scaled, mean = Predictor.scale_score(score, mask, "mean")
+    scaled, mean = Predictor.scale_score(score, inner, "mean")
     assert mean == pytest.approx(float(score[inner].mean())) and scaled[inner].mean() == pytest.approx(1.0, rel=1e-5)
-    scaled, p75 = Predictor.scale_score(score, mask, "p75")
+    scaled, p75 = Predictor.scale_score(score, inner, "p75")
     assert p75 == pytest.approx(float(np.percentile(score[inner], 75))) and (scaled[~inner] == 0).all()
     # a perfect reconstruction scores zero everywhere: nothing to divide by, the score stays as it is
     zero = np.zeros_like(score)
-    assert Predictor.scale_score(zero, mask, "mean")[1] is None
+    assert Predictor.scale_score(zero, inner, "mean")[1] is None
+    assert Predictor.scale_score(score, np.zeros_like(inner), "mean")[1] is None  # nothing scored
     for bad in ("max", "p0", "p100", "pxx", "75"):
         with pytest.raises(InputError, match="score_scale"):
             DetectConfig(score_scale={"t2": bad})
@@ -640,9 +642,9 @@ def test_calibration_scores_scaled_contrasts_as_detect_does_and_records_the_scal
     calls = []
     original = Predictor.scale_score
 
-    def spy(score, mask, how):
+    def spy(score, region, how):
         calls.append(how)
-        return original(score, mask, how)
+        return original(score, region, how)
 
     monkeypatch.setattr(Predictor, "scale_score", staticmethod(spy))
     settings = DetectConfig(strengths=(0.2,), steps=1, ensemble=1, healthy_volumes=2, lesion_volumes=0,

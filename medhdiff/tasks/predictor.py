@@ -297,20 +297,21 @@ class Predictor:
             residuals.append(diff)
         score = np.median(np.stack(residuals), axis=0)
         score = ndimage.median_filter(score, size=3)
-        inner = ndimage.binary_erosion(prep.mask, iterations=2)
-        score = np.where(inner, score, 0.0).astype(np.float32)
+        score = np.where(self.scored_region(prep.mask), score, 0.0).astype(np.float32)
         return score, np.mean(np.stack(recs), axis=0).astype(np.float32)
 
     @staticmethod
-    def scale_score(score: np.ndarray, mask: np.ndarray, how: str) -> tuple[np.ndarray, float | None]:
+    def scored_region(mask: np.ndarray) -> np.ndarray:
+        """Where ``anomaly_map`` scores: the brain mask eroded twice (its rim is partial-volume)."""
+        return ndimage.binary_erosion(mask, iterations=2)
+
+    @staticmethod
+    def scale_score(score: np.ndarray, region: np.ndarray, how: str) -> tuple[np.ndarray, float | None]:
         """``score`` divided by its own ``how`` statistic (``detect.score_scale``: ``"mean"`` or ``"pNN"``) inside
-        ``mask`` eroded twice (where ``anomaly_map`` scores), and the divisor; ``"none"``: as it is, ``None``."""
+        ``region`` (``scored_region``), and the divisor; ``"none"``, or nothing scored: as it is, ``None``."""
         stat = score_scale_statistic(how)
-        if stat is None:
-            return score, None
-        inner = ndimage.binary_erosion(mask, iterations=2)
-        values = score[inner] if inner.any() else score[mask > 0]
-        if not values.size:
+        values = score[region]
+        if stat is None or not values.size:
             return score, None
         divisor = float(values.mean()) if stat == "mean" else float(np.percentile(values, stat))
         if not divisor > 1e-8:  # a perfect reconstruction: nothing to scale by
@@ -368,15 +369,16 @@ class Predictor:
             raise InputError("--polarity must be auto, bright, dark or both")
         score, rec = self.anomaly_map(prep, label=label, polarity=polarity, ensemble=ensemble,
                                       strengths=strengths, steps=steps, seed=seed)
+        region = self.scored_region(prep.mask)
         scale = (cal.get("score_scale") or {}).get(name, "none")
-        score, divisor = self.scale_score(score, prep.mask, scale)
+        score, divisor = self.scale_score(score, region, scale)
         score_map = np.maximum(self.preprocessor.inverse(score, prep.record, kind="map"), 0.0)
         reconstruction = self.preprocessor.inverse(rec, prep.record, kind="image")
         if threshold == "auto":
             thr_table = cal.get("threshold", {})
             thr = thr_table.get(name) if isinstance(thr_table, dict) else thr_table
             if thr is None:
-                inner = score[ndimage.binary_erosion(prep.mask, iterations=2)]
+                inner = score[region]
                 thr = float(np.median(inner) + 6.0 * 1.4826 * np.median(np.abs(inner - np.median(inner))))
                 log.warning("the model has no calibrated threshold for %s; using a per-scan robust one (%.4f)",
                             name, thr)

@@ -68,8 +68,9 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
         prep = predictor.prepare(Volume(image, aff), mask=brain)
         sc, _ = predictor.anomaly_map(prep, label=label, polarity=polarity, ensemble=d.ensemble,
                                       strengths=d.strengths, steps=d.steps, seed=s)
-        sc, _ = Predictor.scale_score(sc, prep.mask, scale)
-        return sc, ndimage.binary_erosion(prep.mask, iterations=2), prep
+        inner = Predictor.scored_region(prep.mask)
+        sc, _ = Predictor.scale_score(sc, inner, scale)
+        return sc, inner, prep
 
     thresholds, fp_ml, lesion_dice, grow_thresholds = {}, {}, {}, {}
     voxel_ml = spacing ** 3 / 1000.0
