@@ -7,6 +7,7 @@
     python benchmarks/bench_levers.py --sections opening
     python benchmarks/bench_levers.py --sections heal-adapt
     python benchmarks/bench_levers.py --sections score-scale [--cache /tmp/t2scores]
+    python benchmarks/bench_levers.py --sections score-smooth [--cache /tmp/residuals]
 
 * tta: TCGA-DU-7294 T2 at 9 % Rician noise (the BM4D comparison input). medhdiff denoise (default steps,
   no test-time adaptation, as measured before adaptation existed) on the scan, on its left-right flip and on its anterior-posterior flip, each flipped back; PSNR/SSIM
@@ -49,6 +50,15 @@
   brains with a finding and the worst, tumours reached, found / reference mL, pooled Dice. The rule, fixed
   before it was run: no more healthy brains with a finding than unscaled and no larger worst one, pooled
   Dice within 0.02 of unscaled; among those, the fewest findings, then the best Dice.
+* score-smooth: `detect.score_smooth_mm` on T2 and FLAIR: the signed residual smoothed inside the brain with
+  a Gaussian of 0 (shipped), 2, 4, 6 or 8 mm before its bright part is kept. Each brain of the score-scale
+  section's two sets is reconstructed once (its signed residual cached); per option and contrast the scores
+  are formed as `detect` forms them (`Predictor.residual_score`, then the contrast's shipped score scale),
+  the pick is made as `medhdiff calibrate` makes it on the calibration brains and applied to the
+  development brains. The rule, fixed before it was run, per contrast: no more healthy brains with a
+  finding than unsmoothed and no larger worst one (at least 0.5 mL allowed); among those, the best pooled
+  Dice if it is at least 0.02 above unsmoothed (options within 0.01 of it tie, and the smallest sigma
+  wins), otherwise unsmoothed.
 
 Results go to benchmarks/results/levers.json (each section replaced when re-run); make_results.py adds
 them to RESULTS.md.
@@ -292,7 +302,7 @@ def score_scale(console: Console, n_healthy: int, n_tumours: int, cache: Path | 
     from medhdiff.synth import HealthyBrainGenerator, load_builtin_labelmap
     from medhdiff.tasks import Predictor
     from medhdiff.training import load_config
-    from medhdiff.training.calibrate import LESION_ML, _pick_hysteresis
+    from medhdiff.training.calibrate import LESION_ML
 
     cfg = load_config(ROOT / "configs" / "detector.yaml")
     d = cfg.detect
@@ -346,46 +356,141 @@ def score_scale(console: Console, n_healthy: int, n_tumours: int, cache: Path | 
         return out
 
     cal, dev = raw(calibration_brains()), raw(development_brains())
-    cal_h, cal_t = cal[:d.healthy_volumes], cal[d.healthy_volumes:]
-    dev_h, dev_t = dev[:n_healthy], dev[n_healthy:]
-    voxel_ml = 0.001  # model space is 1 mm
     rows = []
     for how in SCALES:
-        def scaled(item):
-            return Predictor.scale_score(item["score"], item["inner"], how)[0]
-
-        healthy = [scaled(c) for c in cal_h]
-        values = np.concatenate([h[c["inner"]] for h, c in zip(healthy, cal_h)])
-        pick = _pick_hysteresis(values, healthy, [(scaled(c), c["ref"] & c["inner"]) for c in cal_t], d, voxel_ml,
-                                [c["bright"] for c in cal_h], [c["bright"] for c in cal_t])
-        q = pick["grow_intensity_percentile"]
-
-        def found(item):
-            sc = scaled(item)
-            grow = sc > pick["grow_threshold"]
-            if q is not None:
-                grow |= item["bright"][q]
-            return Predictor._findings(sc, pick["threshold"], voxel_ml, pick["seed_min_volume_ml"], grow) & item["mask"]
-
-        fp = [float(found(c).sum()) * voxel_ml for c in dev_h]
-        inter = sizes = reached = 0
-        found_ml = reference_ml = 0.0
-        for c in dev_t:
-            k = found(c)
-            inter += int((k & c["ref"]).sum())
-            sizes += int(k.sum() + c["ref"].sum())
-            reached += bool((k & c["ref"]).any())
-            found_ml += float(k.sum()) * voxel_ml
-            reference_ml += float(c["ref"].sum()) * voxel_ml
-        row = {"contrast": contrast, "score_scale": how,
-               "pick": f"p{pick['seed_percentile']} ({pick['seed_min_volume_ml']} mL seeds) / p{pick['grow_percentile']}"
-                       + ("" if q is None else f" + intensity p{q}"),
-               "calibration_dice": pick["dice"], "healthy": len(fp), "healthy_with_finding": sum(v > 0 for v in fp),
-               "worst_healthy_ml": round(max(fp), 2), "mean_healthy_ml": round(float(np.mean(fp)), 3),
-               "tumours": len(dev_t), "tumours_reached": reached, "found_ml": round(found_ml, 1),
-               "reference_ml": round(reference_ml, 1), "pooled_dice": round(2.0 * inter / max(sizes, 1), 3)}
-        rows.append(row)
+        row = _pick_and_apply(cal, dev, d, d.healthy_volumes, n_healthy,
+                              lambda item: Predictor.scale_score(item["score"], item["inner"], how)[0])
+        rows.append(row := {"contrast": contrast, "score_scale": how, **row})
         console.print(row)
+    return rows
+
+
+def _pick_and_apply(cal: list[dict], dev: list[dict], d, n_cal_healthy: int, n_dev_healthy: int, scored) -> dict:
+    """The (seed, grow, seed volume, intensity) pick made as ``medhdiff calibrate`` makes it on the calibration
+    brains ``cal`` (healthy first), applied to the development brains ``dev`` (healthy first). Each item has
+    ``inner``, ``mask``, ``ref`` and ``bright`` (model space, 1 mm); ``scored(item)`` gives its score map."""
+    from medhdiff.tasks import Predictor
+    from medhdiff.training.calibrate import _pick_hysteresis
+
+    cal_h, cal_t = cal[:n_cal_healthy], cal[n_cal_healthy:]
+    dev_h, dev_t = dev[:n_dev_healthy], dev[n_dev_healthy:]
+    voxel_ml = 0.001  # model space is 1 mm
+    healthy = [scored(c) for c in cal_h]
+    values = np.concatenate([h[c["inner"]] for h, c in zip(healthy, cal_h)])
+    pick = _pick_hysteresis(values, healthy, [(scored(c), c["ref"] & c["inner"]) for c in cal_t], d, voxel_ml,
+                            [c["bright"] for c in cal_h], [c["bright"] for c in cal_t])
+    q = pick["grow_intensity_percentile"]
+
+    def found(item):
+        sc = scored(item)
+        grow = sc > pick["grow_threshold"]
+        if q is not None:
+            grow |= item["bright"][q]
+        return Predictor._findings(sc, pick["threshold"], voxel_ml, pick["seed_min_volume_ml"], grow) & item["mask"]
+
+    fp = [float(found(c).sum()) * voxel_ml for c in dev_h]
+    inter = sizes = reached = 0
+    found_ml = reference_ml = 0.0
+    for c in dev_t:
+        k = found(c)
+        inter += int((k & c["ref"]).sum())
+        sizes += int(k.sum() + c["ref"].sum())
+        reached += bool((k & c["ref"]).any())
+        found_ml += float(k.sum()) * voxel_ml
+        reference_ml += float(c["ref"].sum()) * voxel_ml
+    return {"pick": f"p{pick['seed_percentile']} ({pick['seed_min_volume_ml']} mL seeds) / p{pick['grow_percentile']}"
+                    + ("" if q is None else f" + intensity p{q}"),
+            "calibration_dice": pick["dice"], "useful": pick.get("useful", True), "healthy": len(fp),
+            "healthy_with_finding": sum(v > 0 for v in fp), "worst_healthy_ml": round(max(fp), 2),
+            "mean_healthy_ml": round(float(np.mean(fp)), 3), "tumours": len(dev_t), "tumours_reached": reached,
+            "found_ml": round(found_ml, 1), "reference_ml": round(reference_ml, 1),
+            "pooled_dice": round(2.0 * inter / max(sizes, 1), 3)}
+
+
+SMOOTHS_MM = (0.0, 2.0, 4.0, 6.0, 8.0)
+
+
+def score_smooth(console: Console, n_healthy: int, n_tumours: int, cache: Path | None,
+                 contrasts=("t2", "flair")) -> list[dict]:
+    """Each ``detect.score_smooth_mm`` option calibrated as ``medhdiff calibrate`` would (configs/detector.yaml's
+    detect settings, each contrast's shipped score scale, the calibration brains), then scored on the development
+    brains. The signed residuals are computed once per brain (cached under ``cache``); every option scores
+    them with ``Predictor.residual_score``, as ``detect`` does."""
+    from bench_detect import healthy_synthetic
+
+    from medhdiff.io import Volume
+    from medhdiff.synth import HealthyBrainGenerator, load_builtin_labelmap
+    from medhdiff.tasks import Predictor
+    from medhdiff.training import load_config
+    from medhdiff.training.calibrate import LESION_ML
+
+    cfg = load_config(ROOT / "configs" / "detector.yaml")
+    d = cfg.detect
+    pred = Predictor(None, device="cpu", model="detector")
+    labels, affine = load_builtin_labelmap()
+    rows = []
+    for contrast in contrasts:
+        label = pred.class_label(contrast)
+        polarity = "bright" if contrast in ("t2", "flair") else "both"
+        scale = d.score_scale.get(contrast, "none")
+
+        def calibration_brains():
+            gen = HealthyBrainGenerator(contrast=contrast, spacing=1.0, noise_range=cfg.data.noise_range)
+            for i in range(d.healthy_volumes):
+                res = gen.generate(labels, affine, seed=900_000 + i)
+                yield "calh", 900_000 + i, res.image, res.affine, res.brain_mask > 0, None
+            for s, vol, brain, lesion in _tumours(contrast, 900_501, d.lesion_volumes, cfg.data.noise_range,
+                                                  LESION_ML):
+                yield "calt", s, vol.data, vol.affine, brain, lesion
+
+        def development_brains():
+            for i in range(n_healthy):
+                vol, brain = healthy_synthetic(contrast, i, first=DEV_SEED)
+                yield "devh", DEV_SEED + i, vol.data, vol.affine, brain, None
+            for s, vol, brain, lesion in _tumours(contrast, DEV_SEED + 500, n_tumours, (0.01, 0.02), (5.0, 60.0)):
+                yield "devt", s, vol.data, vol.affine, brain, lesion
+
+        def residuals(brains) -> list[dict]:
+            out = []
+            for tag, s, image, aff, brain, lesion in brains:
+                path = None if cache is None else cache / f"{contrast}_{tag}_{s}.npz"
+                if path is None or not path.is_file():
+                    with measure() as m:
+                        prep = pred.prepare(Volume(image, aff), mask=brain)
+                        res, _ = pred.residuals(prep, label=label, ensemble=d.ensemble, strengths=d.strengths,
+                                                steps=d.steps, seed=s)
+                    ref = (np.zeros(1, bool) if lesion is None else
+                           pred.preprocessor.to_model(lesion.astype(np.float32), prep.record, kind="mask") > 0)
+                    bright = Predictor.bright_regions(prep.image, prep.mask, d.grow_intensity_percentiles)
+                    item = {"residual": np.stack(res).astype(np.float32), "mask": prep.mask, "ref": ref,
+                            **{f"bright{k}": v for k, v in bright.items()}}
+                    if path is not None:
+                        cache.mkdir(parents=True, exist_ok=True)
+                        np.savez_compressed(path, **item)
+                    console.print(f"{contrast} {tag} {s}: reconstructed in {m.seconds:.0f} s")
+                else:
+                    with np.load(path) as z:
+                        item = {k: z[k] for k in z.files}
+                item["bright"] = {float(k[6:]): v for k, v in item.items() if k.startswith("bright") and k != "bright"}
+                item["inner"] = Predictor.scored_region(item["mask"])
+                out.append(item)
+            return out
+
+        cal, dev = residuals(calibration_brains()), residuals(development_brains())
+        for mm in SMOOTHS_MM:
+            def scored(item, mm=mm):
+                key = f"score{mm}"
+                if key not in item:  # each brain's map is used by the pick and again by the development scoring
+                    sc = Predictor.residual_score(list(item["residual"]), item["mask"], polarity, mm)
+                    item[key] = Predictor.scale_score(sc, item["inner"], scale)[0]
+                return item[key]
+
+            row = {"contrast": contrast, "smooth_mm": mm, "score_scale": scale,
+                   **_pick_and_apply(cal, dev, d, d.healthy_volumes, n_healthy, scored)}
+            for item in (*cal, *dev):
+                item.pop(f"score{mm}", None)
+            rows.append(row)
+            console.print(row)
     return rows
 
 
@@ -501,7 +606,8 @@ def main() -> None:
     ap.add_argument("--dev-healthy", type=int, default=16, help="opening: healthy development brains per contrast")
     ap.add_argument("--dev-tumours", type=int, default=10, help="opening: development tumours per contrast")
     ap.add_argument("--cache", default=None,
-                    help="score-scale: folder that keeps each brain's unscaled score map, so a re-run only re-picks")
+                    help="score-scale, score-smooth: folder that keeps each brain's unscaled score map (score-smooth: "
+                         "its signed residual), so a re-run only re-picks")
     args = ap.parse_args()
     if not require_data():
         return
@@ -534,6 +640,10 @@ def main() -> None:
     if "score-scale" in args.sections:
         payload["score_scale"] = score_scale(console, args.dev_healthy, args.dev_tumours,
                                              Path(args.cache) if args.cache else None)
+        save_results("levers", payload)
+    if "score-smooth" in args.sections:
+        payload["score_smooth"] = score_smooth(console, args.dev_healthy, args.dev_tumours,
+                                               Path(args.cache) if args.cache else None)
         save_results("levers", payload)
     if "heal-adapt" in args.sections:
         payload["heal_adapt"] = heal_adapt(console, args.adapt_steps)

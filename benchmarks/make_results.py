@@ -160,6 +160,18 @@ def levers_section(lv: dict) -> list[str]:
                        f"{r['healthy_with_finding']} of {r['healthy']} | {r['worst_healthy_ml']:.2f} | "
                        f"{r['tumours_reached']} of {r['tumours']} | {r['found_ml']:.1f} / {r['reference_ml']:.1f} | "
                        f"{r['pooled_dice']:.3f} |" for r in lv["score_scale"]])
+    if lv.get("score_smooth"):
+        out += _table("Detection: the signed residual smoothed inside the brain before its bright part is kept "
+                      "(`detect.score_smooth_mm`, Gaussian sigma), each option calibrated on the calibration brains "
+                      "with the contrast's shipped score scale, scored on development brains (seeds 740000+ "
+                      "healthy, 740500+ tumours)",
+                      ["contrast", "sigma mm", "calibrated pick", "calibration Dice", "healthy brains with a finding",
+                       "worst healthy mL", "tumours reached", "found / reference mL", "pooled Dice"],
+                      [f"| {r['contrast']} | {r['smooth_mm']:g} | {r['pick']}{'' if r.get('useful', True) else ' (not useful)'} | "
+                       f"{r['calibration_dice']:.3f} | "
+                       f"{r['healthy_with_finding']} of {r['healthy']} | {r['worst_healthy_ml']:.2f} | "
+                       f"{r['tumours_reached']} of {r['tumours']} | {r['found_ml']:.1f} / {r['reference_ml']:.1f} | "
+                       f"{r['pooled_dice']:.3f} |" for r in lv["score_smooth"]])
     if lv.get("heal_adapt"):
         out += _table("Detection: the patch network adapted to each scan (heal-adapt; shipped calibration)",
                       ["input", "model", "found mL", "Dice @auto", "score p99 / p99.9 in the brain", "AUROC",

@@ -68,6 +68,10 @@ def calibrate(
     if scaled:
         notes.append("scores divided by the scan's own " + ", ".join(f"{v} on {c}" for c, v in scaled.items())
                      + " (detect.score_scale)")
+    smoothed = {c: v for c, v in (cal.get("score_smooth_mm") or {}).items() if v}
+    if smoothed:
+        notes.append("residuals smoothed inside the brain, " + ", ".join(f"{v:g} mm on {c}" for c, v in smoothed.items())
+                     + " (detect.score_smooth_mm)")
     if notes:
         table.caption = "; ".join(notes)
     console.print(table)

@@ -278,27 +278,57 @@ class Predictor:
 
     # ------------------------------------------------------------------ detect
     def anomaly_map(self, prep: Preprocessed, *, label: int | None, polarity: str, ensemble: int,
-                    strengths: tuple[float, ...], steps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """Model-space anomaly score and mean reconstruction (median over the ensemble)."""
+                    strengths: tuple[float, ...], steps: int, seed: int,
+                    smooth_mm: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """Model-space anomaly score and mean reconstruction: ``residual_score`` of the ``residuals``."""
+        residuals, rec = self.residuals(prep, label=label, ensemble=ensemble, strengths=strengths, steps=steps,
+                                        seed=seed)
+        return self.residual_score(residuals, prep.mask, polarity, smooth_mm, prep.record.model_spacing), rec
+
+    def residuals(self, prep: Preprocessed, *, label: int | None, ensemble: int, strengths: tuple[float, ...],
+                  steps: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """The signed residuals (scan minus reconstruction) of ``ensemble`` pseudo-healthy reconstructions in
+        model space, and their mean reconstruction."""
         g = torch.Generator().manual_seed(int(seed))
-        recs, residuals = [], []
+        recs = []
         for k in range(max(1, ensemble)):
             s = strengths[k % len(strengths)]
             t = max(1, int(round(s * (self.schedule.num_train_timesteps - 1))))
-            rec = self._reconstruct_model_space(prep, t, steps, label, g)
-            recs.append(rec)
-            diff = prep.image - rec
-            if polarity == "bright":
-                diff = np.maximum(diff, 0.0)
-            elif polarity == "dark":
-                diff = np.maximum(-diff, 0.0)
-            else:
-                diff = np.abs(diff)
-            residuals.append(diff)
-        score = np.median(np.stack(residuals), axis=0)
-        score = ndimage.median_filter(score, size=3)
-        score = np.where(self.scored_region(prep.mask), score, 0.0).astype(np.float32)
-        return score, np.mean(np.stack(recs), axis=0).astype(np.float32)
+            recs.append(self._reconstruct_model_space(prep, t, steps, label, g))
+        return [prep.image - rec for rec in recs], np.mean(np.stack(recs), axis=0).astype(np.float32)
+
+    @classmethod
+    def residual_score(cls, residuals: list[np.ndarray], mask: np.ndarray, polarity: str, smooth_mm: float = 0.0,
+                       spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
+        """The anomaly score of signed residuals: each one smoothed inside the brain (``smooth_mm > 0``: a
+        Gaussian of that sigma in mm, normalised by the mask's own smoothing so the brain's edge is not pulled
+        to zero), kept in the lesion's ``polarity`` (``bright``: the scan above its reconstruction, ``dark``,
+        ``both``: the magnitude), the median over the ensemble, then (unsmoothed only) a 3-voxel median filter;
+        zero outside ``scored_region``.
+
+        Smoothing the signed residual before the polarity lets a reconstruction's small misplacements of
+        edges (a sulcus one voxel off leaves a bright and a dark rim side by side) cancel, while a lesion
+        the reconstruction heals leaves a residual of one sign over its whole extent."""
+        mask = np.asarray(mask, dtype=bool)
+        if smooth_mm > 0:
+            sigma = [smooth_mm / float(s) for s in spacing][: mask.ndim]
+            weight = ndimage.gaussian_filter(mask.astype(np.float32), sigma, mode="constant")
+            inside = weight > 1e-3
+            smoothed = []
+            for diff in residuals:
+                num = ndimage.gaussian_filter(np.where(mask, diff, 0.0).astype(np.float32), sigma, mode="constant")
+                smoothed.append(np.where(inside, num / np.maximum(weight, 1e-3), 0.0))
+            residuals = smoothed
+        if polarity == "bright":
+            kept = [np.maximum(r, 0.0) for r in residuals]
+        elif polarity == "dark":
+            kept = [np.maximum(-r, 0.0) for r in residuals]
+        else:
+            kept = [np.abs(r) for r in residuals]
+        score = np.median(np.stack(kept), axis=0)
+        if not smooth_mm > 0:
+            score = ndimage.median_filter(score, size=3)
+        return np.where(cls.scored_region(mask), score, 0.0).astype(np.float32)
 
     @staticmethod
     def scored_region(mask: np.ndarray) -> np.ndarray:
@@ -367,8 +397,9 @@ class Predictor:
             polarity = "bright" if name in BRIGHT_LESION_CONTRASTS else "both"
         if polarity not in ("bright", "dark", "both"):
             raise InputError("--polarity must be auto, bright, dark or both")
+        smooth_mm = float((cal.get("score_smooth_mm") or {}).get(name, 0.0))
         score, rec = self.anomaly_map(prep, label=label, polarity=polarity, ensemble=ensemble,
-                                      strengths=strengths, steps=steps, seed=seed)
+                                      strengths=strengths, steps=steps, seed=seed, smooth_mm=smooth_mm)
         region = self.scored_region(prep.mask)
         scale = (cal.get("score_scale") or {}).get(name, "none")
         score, divisor = self.scale_score(score, region, scale)
@@ -408,6 +439,7 @@ class Predictor:
                     "grow_intensity_percentile": None if bright_p is None else float(bright_p),
                     "grow_opening_mm": opening if grow_mask is not None else None,
                     "score_scale": None if divisor is None else {"statistic": scale, "divisor": round(divisor, 6)},
+                    "score_smooth_mm": smooth_mm,
                     "ensemble": ensemble, "strengths": list(strengths), "steps": steps}
         return score_map.astype(np.float32), reconstruction, settings, grow_mask
 
@@ -501,6 +533,7 @@ class Predictor:
             "grow_intensity_percentile": settings.get("grow_intensity_percentile"),
             "grow_opening_mm": settings.get("grow_opening_mm"),
             "score_scale": settings.get("score_scale"),
+            "score_smooth_mm": settings.get("score_smooth_mm"),
             "min_component_ml": min_volume_ml,
             "total_lesion_ml": round(float(sum(c["volume_ml"] for c in components)), 3),
             "n_components": len(components),
@@ -595,7 +628,7 @@ class Predictor:
             keep |= found
             per[name] = {**{k: settings[k] for k in ("threshold", "threshold_source", "grow_threshold",
                                                      "grow_intensity_percentile", "grow_opening_mm", "score_scale",
-                                                     "polarity")},
+                                                     "score_smooth_mm", "polarity")},
                          "min_component_ml": seed_ml,
                          "calibration_check": self._calibration_check(name, warn=False),
                          "found_ml": round(float(found.sum()) * ref.voxel_volume_ml, 3)}

@@ -63,11 +63,12 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
     labels, affine = load_builtin_labelmap()
     spacing = cfg.preprocess.spacing[0] if cfg.preprocess.spacing else 1.0
 
-    def score(image: np.ndarray, aff: np.ndarray, brain: np.ndarray, label, polarity: str, s: int, scale: str):
+    def score(image: np.ndarray, aff: np.ndarray, brain: np.ndarray, label, polarity: str, s: int, scale: str,
+              smooth_mm: float):
         """Model-space score (exactly as ``detect`` computes it), the scored region, the preprocessing."""
         prep = predictor.prepare(Volume(image, aff), mask=brain)
         sc, _ = predictor.anomaly_map(prep, label=label, polarity=polarity, ensemble=d.ensemble,
-                                      strengths=d.strengths, steps=d.steps, seed=s)
+                                      strengths=d.strengths, steps=d.steps, seed=s, smooth_mm=smooth_mm)
         inner = Predictor.scored_region(prep.mask)
         sc, _ = Predictor.scale_score(sc, inner, scale)
         return sc, inner, prep
@@ -103,10 +104,12 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
         label = predictor.class_label(contrast)
         polarity = "bright" if contrast in BRIGHT_LESION_CONTRASTS else "both"
         scale = d.score_scale.get(contrast, "none")
+        smooth = d.score_smooth_mm.get(contrast, 0.0)
         pooled, healthy_maps, healthy_bright, lesion_bright = [], [], [], []
         for i in range(d.healthy_volumes):
             res = gen.generate(labels, affine, seed=seed + i)
-            sc, inner, prep = score(res.image, res.affine, res.brain_mask > 0, label, polarity, seed + i, scale)
+            sc, inner, prep = score(res.image, res.affine, res.brain_mask > 0, label, polarity, seed + i, scale,
+                                    smooth)
             pooled.append(sc[inner])
             healthy_maps.append(sc)
             healthy_bright.append(bright(prep))
@@ -130,7 +133,7 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
                     if s > seed + 600:
                         raise
                     continue
-                sc, inner, prep = score(image, res.affine, brain, label, polarity, s, scale)
+                sc, inner, prep = score(image, res.affine, brain, label, polarity, s, scale, smooth)
                 ref = predictor.preprocessor.to_model(lesion.astype(np.float32), prep.record, kind="mask") > 0
                 scores.append(sc[inner])
                 refs.append(ref[inner])
@@ -161,6 +164,9 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
     scales = {c: d.score_scale.get(c, "none") for c in chosen}
     if any(v != "none" for v in scales.values()) or "score_scale" in stored:  # older records stay as they were
         calibration["score_scale"] = scales
+    smooths = {c: d.score_smooth_mm.get(c, 0.0) for c in chosen}
+    if any(v > 0 for v in smooths.values()) or "score_smooth_mm" in stored:
+        calibration["score_smooth_mm"] = smooths
     if lesion_dice:
         calibration["synthetic_tumour"] = lesion_dice
     if lesion_dice and not grow_thresholds:
@@ -184,7 +190,8 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
 
 #: Calibration entries that hold one value per contrast; the others are settings shared by all contrasts.
 PER_CONTRAST = ("threshold", "healthy_fp_ml_at_percentile", "grow_threshold", "grow_intensity_percentile",
-                "seed_min_volume_ml", "seed_min_volumes_ml", "hysteresis", "synthetic_tumour", "score_scale")
+                "seed_min_volume_ml", "seed_min_volumes_ml", "hysteresis", "synthetic_tumour", "score_scale",
+                "score_smooth_mm")
 
 
 def _shared_settings(d: DetectConfig) -> dict:

@@ -202,7 +202,12 @@ class DetectConfig:
     default, leaves it in intensity units): a scan whose whole brain the healer
     reconstructs less well (a bright-cortex draw on T2) then no longer crosses
     a level calibrated on typical scans everywhere at once, while a lesion, a
-    small part of the brain, barely moves the statistic. Without ``grow_percentiles``, and with
+    small part of the brain, barely moves the statistic. ``score_smooth_mm`` (per
+    contrast) smooths the signed residual inside the brain with a Gaussian of
+    that sigma before its lesion polarity is kept (``Predictor.residual_score``):
+    a reconstruction's edges placed a voxel off leave a bright and a dark rim
+    side by side, which cancel, while a lesion it heals leaves a residual of
+    one sign over its whole extent. Without ``grow_percentiles``, and with
     ``lesion_volumes > 0``, the single threshold is raised, where that helps,
     to the threshold of best Dice on those tumours.
     """
@@ -224,6 +229,7 @@ class DetectConfig:
     seed_min_volumes_ml: tuple[float, ...] = ()
     grow_opening_mm: float = 0.0
     score_scale: dict[str, str] = field(default_factory=dict)
+    score_smooth_mm: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.strengths = tuple(float(v) for v in self.strengths)
@@ -273,6 +279,14 @@ class DetectConfig:
         self.score_scale = {str(k): str(v) for k, v in self.score_scale.items()}
         for how in self.score_scale.values():
             score_scale_statistic(how)
+        if not isinstance(self.score_smooth_mm, Mapping):
+            raise InputError("detect.score_smooth_mm must map contrasts to a Gaussian sigma in mm, e.g. {t2: 4}")
+        try:
+            self.score_smooth_mm = {str(k): float(v) for k, v in self.score_smooth_mm.items()}
+        except (TypeError, ValueError):
+            raise InputError("detect.score_smooth_mm values must be numbers (mm)") from None
+        if not all(0.0 <= v <= 20.0 for v in self.score_smooth_mm.values()):
+            raise InputError("detect.score_smooth_mm values must be in [0, 20] mm")
 
 
 def score_scale_statistic(how: str) -> float | str | None:
@@ -327,10 +341,11 @@ class TrainConfig:
         unknown = set(data.contrasts) - set(model.contrasts)
         if unknown:
             raise InputError(f"{where}: data.contrasts {sorted(unknown)} are not in model.contrasts")
-        unknown = set(detect.score_scale) - set(data.contrasts)
-        if unknown:
-            raise InputError(f"{where}: detect.score_scale names contrasts {sorted(unknown)} that are not in "
-                             "data.contrasts")
+        for name in ("score_scale", "score_smooth_mm"):
+            unknown = set(getattr(detect, name)) - set(data.contrasts)
+            if unknown:
+                raise InputError(f"{where}: detect.{name} names contrasts {sorted(unknown)} that are not in "
+                                 "data.contrasts")
         return cls(model=model, preprocess=pre, data=data, optim=optim, detect=detect,
                    description=str(d.get("description", "")))
 
