@@ -7,7 +7,7 @@
     python benchmarks/bench_levers.py --sections opening
     python benchmarks/bench_levers.py --sections heal-adapt
     python benchmarks/bench_levers.py --sections score-scale [--cache /tmp/t2scores]
-    python benchmarks/bench_levers.py --sections score-smooth [--cache /tmp/residuals]
+    python benchmarks/bench_levers.py --sections score-smooth [--contrasts t2 flair] [--cache /tmp/residuals]
 
 * tta: TCGA-DU-7294 T2 at 9 % Rician noise (the BM4D comparison input). medhdiff denoise (default steps,
   no test-time adaptation, as measured before adaptation existed) on the scan, on its left-right flip and on its anterior-posterior flip, each flipped back; PSNR/SSIM
@@ -411,7 +411,7 @@ SMOOTHS_MM = (0.0, 2.0, 4.0, 6.0, 8.0)
 
 
 def score_smooth(console: Console, n_healthy: int, n_tumours: int, cache: Path | None,
-                 contrasts=("t2", "flair")) -> list[dict]:
+                 contrasts=("t2", "flair"), smooths=SMOOTHS_MM, cal_healthy: int | None = None) -> list[dict]:
     """Each ``detect.score_smooth_mm`` option calibrated as ``medhdiff calibrate`` would (configs/detector.yaml's
     detect settings, each contrast's shipped score scale, the calibration brains), then scored on the development
     brains. The signed residuals are computed once per brain (cached under ``cache``); every option scores
@@ -426,6 +426,8 @@ def score_smooth(console: Console, n_healthy: int, n_tumours: int, cache: Path |
 
     cfg = load_config(ROOT / "configs" / "detector.yaml")
     d = cfg.detect
+    if cal_healthy:  # a larger healthy calibration set (seeds 900000+, as calibrate draws them)
+        d.healthy_volumes = int(cal_healthy)
     pred = Predictor(None, device="cpu", model="detector")
     labels, affine = load_builtin_labelmap()
     rows = []
@@ -477,7 +479,7 @@ def score_smooth(console: Console, n_healthy: int, n_tumours: int, cache: Path |
             return out
 
         cal, dev = residuals(calibration_brains()), residuals(development_brains())
-        for mm in SMOOTHS_MM:
+        for mm in smooths:
             def scored(item, mm=mm):
                 key = f"score{mm}"
                 if key not in item:  # each brain's map is used by the pick and again by the development scoring
@@ -485,7 +487,7 @@ def score_smooth(console: Console, n_healthy: int, n_tumours: int, cache: Path |
                     item[key] = Predictor.scale_score(sc, item["inner"], scale)[0]
                 return item[key]
 
-            row = {"contrast": contrast, "smooth_mm": mm, "score_scale": scale,
+            row = {"contrast": contrast, "smooth_mm": mm, "score_scale": scale, "calibration_healthy": d.healthy_volumes,
                    **_pick_and_apply(cal, dev, d, d.healthy_volumes, n_healthy, scored)}
             for item in (*cal, *dev):
                 item.pop(f"score{mm}", None)
@@ -608,6 +610,11 @@ def main() -> None:
     ap.add_argument("--cache", default=None,
                     help="score-scale, score-smooth: folder that keeps each brain's unscaled score map (score-smooth: "
                          "its signed residual), so a re-run only re-picks")
+    ap.add_argument("--contrasts", nargs="+", default=["t2", "flair"], choices=["t2", "flair"],
+                    help="score-smooth: contrasts to measure")
+    ap.add_argument("--smooths", nargs="+", type=float, default=list(SMOOTHS_MM), help="score-smooth: sigmas (mm)")
+    ap.add_argument("--cal-healthy", type=int, default=None,
+                    help="score-smooth: healthy calibration brains (default: configs/detector.yaml's)")
     args = ap.parse_args()
     if not require_data():
         return
@@ -642,8 +649,13 @@ def main() -> None:
                                              Path(args.cache) if args.cache else None)
         save_results("levers", payload)
     if "score-smooth" in args.sections:
-        payload["score_smooth"] = score_smooth(console, args.dev_healthy, args.dev_tumours,
-                                               Path(args.cache) if args.cache else None)
+        rows = score_smooth(console, args.dev_healthy, args.dev_tumours, Path(args.cache) if args.cache else None,
+                            args.contrasts, tuple(args.smooths), args.cal_healthy)
+        # one run per contrast may go on side by side: re-read the file and replace only this run's contrasts
+        latest = json.loads(path.read_text()) if path.is_file() else {}
+        ident = lambda r: (r["contrast"], r["smooth_mm"], r.get("calibration_healthy", 8))  # noqa: E731
+        keys = {ident(r) for r in rows}
+        payload["score_smooth"] = [r for r in latest.get("score_smooth", []) if ident(r) not in keys] + rows
         save_results("levers", payload)
     if "heal-adapt" in args.sections:
         payload["heal_adapt"] = heal_adapt(console, args.adapt_steps)
