@@ -94,6 +94,7 @@ def test_the_shipped_detector_calibration_follows_its_recipe():
     assert cal.get("grow_opening_mm", 0.0) == d.grow_opening_mm
     for contrast, pick in cal["hysteresis"].items():
         assert cal.get("score_scale", {}).get(contrast, "none") == d.score_scale.get(contrast, "none")
+        assert cal.get("score_smooth_mm", {}).get(contrast, 0.0) == d.score_smooth_mm.get(contrast, 0.0)
         assert pick.get("grow_intensity_percentile") in {None, *d.grow_intensity_percentiles}
         assert cal.get("grow_intensity_percentile", {}).get(contrast) == pick.get("grow_intensity_percentile")
         assert pick["seed_percentile"] in {d.percentile, *d.seed_percentiles}
@@ -179,7 +180,8 @@ def test_multi_contrast_findings_grow_only_through_their_own_contrast(model_dir,
     def fake_score(self, volume, *, contrast, grow="auto", **_):
         settings = {"threshold": thr[contrast], "threshold_source": "test", "polarity": "bright",
                     "grow_threshold": None if grow == "off" else 0.3, "grow_intensity_percentile": None,
-                    "grow_opening_mm": None if grow == "off" else 0.0, "score_scale": None}
+                    "grow_opening_mm": None if grow == "off" else 0.0, "score_scale": None,
+                    "score_smooth_mm": 0.0}
         return maps[contrast], None, settings, None if grow == "off" else maps[contrast] > 0.3
 
     monkeypatch.setattr(Predictor, "_score", fake_score)
