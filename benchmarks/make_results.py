@@ -244,8 +244,12 @@ def main() -> None:
             out.append("")
             worst = max(r["false_positive_ml"] for r in det["healthy"])
             where = "bench_detect"
-            for contrast in ("t1", "t2", "flair"):
-                many = _load(f"healthy_fp_{contrast}")
+            # bench_healthy_fp's runs: one file per contrast, and tagged ones (--tag) beside them
+            names = [p.stem for c in ("t1", "t2", "flair")
+                     for p in sorted(RESULTS_DIR.glob(f"healthy_fp_{c}*.json"), key=lambda p: (len(p.stem), p.stem))]
+            for name in names:
+                contrast = name.split("_")[2]
+                many = _load(name)
                 if not many:
                     continue
                 rows = many["rows"]
