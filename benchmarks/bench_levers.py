@@ -297,18 +297,40 @@ def score_scale(console: Console, n_healthy: int, n_tumours: int, cache: Path | 
                 contrast: str = "t2") -> list[dict]:
     """Each ``detect.score_scale`` option calibrated as ``medhdiff calibrate`` would (configs/detector.yaml's
     detect settings and calibration brains), then scored on the development brains."""
-    from bench_detect import healthy_synthetic
-
-    from medhdiff.synth import HealthyBrainGenerator, load_builtin_labelmap
     from medhdiff.tasks import Predictor
     from medhdiff.training import load_config
-    from medhdiff.training.calibrate import LESION_ML
 
     cfg = load_config(ROOT / "configs" / "detector.yaml")
     d = cfg.detect
     pred = Predictor(None, device="cpu", model="detector")
-    label = pred.class_label(contrast)
     polarity = "bright" if contrast in ("t2", "flair") else "both"
+    cal, dev = _brain_sets(console, pred, cfg, contrast, n_healthy, n_tumours, cache)
+    for item in (*cal, *dev):  # unscaled, as calibration scores them
+        item["score"] = Predictor.residual_score(list(item["residual"]), item["mask"], polarity)
+    rows = []
+    for how in SCALES:
+        row = _pick_and_apply(cal, dev, d, d.healthy_volumes, n_healthy,
+                              lambda item: Predictor.scale_score(item["score"], item["inner"], how)[0])
+        rows.append(row := {"contrast": contrast, "score_scale": how, **row})
+        console.print(row)
+    return rows
+
+
+def _brain_sets(console: Console, pred, cfg, contrast: str, n_healthy: int, n_tumours: int,
+                cache: Path | None) -> tuple[list[dict], list[dict]]:
+    """The calibration brains of ``cfg`` (healthy 900000+, then tumours 900501+, as ``medhdiff calibrate`` draws
+    them) and the development brains (``n_healthy`` healthy 740000+, then ``n_tumours`` tumours 740500+), each
+    reconstructed once by ``pred`` (cached per brain under ``cache``): items with the signed ``residual``s, the
+    model-space ``mask``, ``inner`` (scored region), ``ref`` (the tumour) and ``bright`` (intensity regions)."""
+    from bench_detect import healthy_synthetic
+
+    from medhdiff.io import Volume
+    from medhdiff.synth import HealthyBrainGenerator, load_builtin_labelmap
+    from medhdiff.tasks import Predictor
+    from medhdiff.training.calibrate import LESION_ML
+
+    d = cfg.detect
+    label = pred.class_label(contrast)
     labels, affine = load_builtin_labelmap()
 
     def calibration_brains():
@@ -326,43 +348,33 @@ def score_scale(console: Console, n_healthy: int, n_tumours: int, cache: Path | 
         for s, vol, brain, lesion in _tumours(contrast, DEV_SEED + 500, n_tumours, (0.01, 0.02), (5.0, 60.0)):
             yield "devt", s, vol.data, vol.affine, brain, lesion
 
-    def raw(brains) -> list[dict]:
-        """Unscaled model-space scores as calibration computes them (cached per brain under ``cache``)."""
-        from medhdiff.io import Volume
-
+    def reconstructed(brains) -> list[dict]:
         out = []
         for tag, s, image, aff, brain, lesion in brains:
-            path = None if cache is None else cache / f"{tag}_{s}.npz"
+            path = None if cache is None else cache / f"{contrast}_{tag}_{s}.npz"
             if path is None or not path.is_file():
                 with measure() as m:
                     prep = pred.prepare(Volume(image, aff), mask=brain)
-                    sc, _ = pred.anomaly_map(prep, label=label, polarity=polarity, ensemble=d.ensemble,
-                                             strengths=d.strengths, steps=d.steps, seed=s)
+                    res, _ = pred.residuals(prep, label=label, ensemble=d.ensemble, strengths=d.strengths,
+                                            steps=d.steps, seed=s)
                 ref = (np.zeros(1, bool) if lesion is None else
                        pred.preprocessor.to_model(lesion.astype(np.float32), prep.record, kind="mask") > 0)
                 bright = Predictor.bright_regions(prep.image, prep.mask, d.grow_intensity_percentiles)
-                item = {"score": sc, "inner": Predictor.scored_region(prep.mask), "mask": prep.mask,
-                        "ref": ref, **{f"bright{k}": v for k, v in bright.items()}}
+                item = {"residual": np.stack(res).astype(np.float32), "mask": prep.mask, "ref": ref,
+                        **{f"bright{k}": v for k, v in bright.items()}}
                 if path is not None:
                     cache.mkdir(parents=True, exist_ok=True)
                     np.savez_compressed(path, **item)
-                console.print(f"{tag} {s}: scored in {m.seconds:.0f} s")
+                console.print(f"{contrast} {tag} {s}: reconstructed in {m.seconds:.0f} s")
             else:
                 with np.load(path) as z:
                     item = {k: z[k] for k in z.files}
             item["bright"] = {float(k[6:]): v for k, v in item.items() if k.startswith("bright") and k != "bright"}
-            item["seed"] = s
+            item["inner"] = Predictor.scored_region(item["mask"])
             out.append(item)
         return out
 
-    cal, dev = raw(calibration_brains()), raw(development_brains())
-    rows = []
-    for how in SCALES:
-        row = _pick_and_apply(cal, dev, d, d.healthy_volumes, n_healthy,
-                              lambda item: Predictor.scale_score(item["score"], item["inner"], how)[0])
-        rows.append(row := {"contrast": contrast, "score_scale": how, **row})
-        console.print(row)
-    return rows
+    return reconstructed(calibration_brains()), reconstructed(development_brains())
 
 
 def _pick_and_apply(cal: list[dict], dev: list[dict], d, n_cal_healthy: int, n_dev_healthy: int, scored) -> dict:
@@ -416,69 +428,19 @@ def score_smooth(console: Console, n_healthy: int, n_tumours: int, cache: Path |
     detect settings, each contrast's shipped score scale, the calibration brains), then scored on the development
     brains. The signed residuals are computed once per brain (cached under ``cache``); every option scores
     them with ``Predictor.residual_score``, as ``detect`` does."""
-    from bench_detect import healthy_synthetic
-
-    from medhdiff.io import Volume
-    from medhdiff.synth import HealthyBrainGenerator, load_builtin_labelmap
     from medhdiff.tasks import Predictor
     from medhdiff.training import load_config
-    from medhdiff.training.calibrate import LESION_ML
 
     cfg = load_config(ROOT / "configs" / "detector.yaml")
     d = cfg.detect
     if cal_healthy:  # a larger healthy calibration set (seeds 900000+, as calibrate draws them)
         d.healthy_volumes = int(cal_healthy)
     pred = Predictor(None, device="cpu", model="detector")
-    labels, affine = load_builtin_labelmap()
     rows = []
     for contrast in contrasts:
-        label = pred.class_label(contrast)
         polarity = "bright" if contrast in ("t2", "flair") else "both"
         scale = d.score_scale.get(contrast, "none")
-
-        def calibration_brains():
-            gen = HealthyBrainGenerator(contrast=contrast, spacing=1.0, noise_range=cfg.data.noise_range)
-            for i in range(d.healthy_volumes):
-                res = gen.generate(labels, affine, seed=900_000 + i)
-                yield "calh", 900_000 + i, res.image, res.affine, res.brain_mask > 0, None
-            for s, vol, brain, lesion in _tumours(contrast, 900_501, d.lesion_volumes, cfg.data.noise_range,
-                                                  LESION_ML):
-                yield "calt", s, vol.data, vol.affine, brain, lesion
-
-        def development_brains():
-            for i in range(n_healthy):
-                vol, brain = healthy_synthetic(contrast, i, first=DEV_SEED)
-                yield "devh", DEV_SEED + i, vol.data, vol.affine, brain, None
-            for s, vol, brain, lesion in _tumours(contrast, DEV_SEED + 500, n_tumours, (0.01, 0.02), (5.0, 60.0)):
-                yield "devt", s, vol.data, vol.affine, brain, lesion
-
-        def residuals(brains) -> list[dict]:
-            out = []
-            for tag, s, image, aff, brain, lesion in brains:
-                path = None if cache is None else cache / f"{contrast}_{tag}_{s}.npz"
-                if path is None or not path.is_file():
-                    with measure() as m:
-                        prep = pred.prepare(Volume(image, aff), mask=brain)
-                        res, _ = pred.residuals(prep, label=label, ensemble=d.ensemble, strengths=d.strengths,
-                                                steps=d.steps, seed=s)
-                    ref = (np.zeros(1, bool) if lesion is None else
-                           pred.preprocessor.to_model(lesion.astype(np.float32), prep.record, kind="mask") > 0)
-                    bright = Predictor.bright_regions(prep.image, prep.mask, d.grow_intensity_percentiles)
-                    item = {"residual": np.stack(res).astype(np.float32), "mask": prep.mask, "ref": ref,
-                            **{f"bright{k}": v for k, v in bright.items()}}
-                    if path is not None:
-                        cache.mkdir(parents=True, exist_ok=True)
-                        np.savez_compressed(path, **item)
-                    console.print(f"{contrast} {tag} {s}: reconstructed in {m.seconds:.0f} s")
-                else:
-                    with np.load(path) as z:
-                        item = {k: z[k] for k in z.files}
-                item["bright"] = {float(k[6:]): v for k, v in item.items() if k.startswith("bright") and k != "bright"}
-                item["inner"] = Predictor.scored_region(item["mask"])
-                out.append(item)
-            return out
-
-        cal, dev = residuals(calibration_brains()), residuals(development_brains())
+        cal, dev = _brain_sets(console, pred, cfg, contrast, n_healthy, n_tumours, cache)
         for mm in smooths:
             def scored(item, mm=mm):
                 key = f"score{mm}"
@@ -608,8 +570,8 @@ def main() -> None:
     ap.add_argument("--dev-healthy", type=int, default=16, help="opening: healthy development brains per contrast")
     ap.add_argument("--dev-tumours", type=int, default=10, help="opening: development tumours per contrast")
     ap.add_argument("--cache", default=None,
-                    help="score-scale, score-smooth: folder that keeps each brain's unscaled score map (score-smooth: "
-                         "its signed residual), so a re-run only re-picks")
+                    help="score-scale, score-smooth: folder that keeps each brain's signed residuals (shared by both sections; "
+                         "a re-run only re-picks)")
     ap.add_argument("--contrasts", nargs="+", default=["t2", "flair"], choices=["t2", "flair"],
                     help="score-smooth: contrasts to measure")
     ap.add_argument("--smooths", nargs="+", type=float, default=list(SMOOTHS_MM), help="score-smooth: sigmas (mm)")
