@@ -86,6 +86,8 @@ def test_the_shipped_detector_calibration_follows_its_recipe():
     d = load_config(REPO / "configs" / "detector.yaml").detect
     cal = json.loads((folder / "model.json").read_text())["calibration"]
     assert cal["volumes_per_contrast"] == d.healthy_volumes and cal["lesion_volumes"] == d.lesion_volumes
+    for contrast in cal["threshold"]:
+        assert cal.get("healthy_volumes", {}).get(contrast, d.healthy_volumes) == d.healthy_count(contrast)
     assert (cal["strengths"], cal["steps"], cal["ensemble"]) == (list(d.strengths), d.steps, d.ensemble)
     assert cal["max_healthy_fp_ml"] == d.max_healthy_fp_ml
     assert cal.get("max_healthy_fp_ml_worst") == d.max_healthy_fp_ml_worst
@@ -103,7 +105,7 @@ def test_the_shipped_detector_calibration_follows_its_recipe():
         # the seed-volume candidates: the config's, or none for a contrast calibrated before they existed
         # (kept by `calibrate --contrast`), which then seeds at min_volume_ml
         volumes = cal.get("seed_min_volumes_ml", {}).get(contrast, [])
-        assert volumes in ([], list(d.seed_min_volumes_ml))
+        assert volumes in ([], list(d.seed_volumes(contrast)))
         assert pick.get("seed_min_volume_ml", d.min_volume_ml) in {d.min_volume_ml, *volumes}
         assert cal.get("seed_min_volume_ml", {}).get(contrast) == pick.get("seed_min_volume_ml")
         # every pair of the grid was scored on the synthetic tumours
@@ -355,6 +357,18 @@ def test_hysteresis_pick_chooses_the_seed_volume_that_drops_small_healthy_spots(
     assert len(pick["table"]) == 2 * 2 and all(k.endswith(("/s0.2", "/s1.0")) for k in pick["table"])
     with pytest.raises(InputError, match="seed_min_volumes_ml"):
         DetectConfig(grow_percentiles=(99.0,), seed_min_volumes_ml=(0.1,))
+    # one list per contrast: a contrast the mapping does not name has no candidates (it seeds at min_volume_ml)
+    per = DetectConfig(**common, seed_min_volumes_ml={"t2": [0.2, 1.0, 2.0], "flair": [0.5]})
+    assert per.seed_volumes("t2") == (0.2, 1.0, 2.0) and per.seed_volumes("t1") == ()
+    assert per.for_contrast("flair").seed_min_volumes_ml == (0.5,) and per.seed_volumes("flair") == (0.5,)
+    pick = _pick_hysteresis(values, [healthy], [(lesion, ref)], per.for_contrast("t2"), 0.001)
+    assert pick["seed_min_volume_ml"] == 1.0 and pick["dice"] == 1.0  # 2 mL loses the 1.7 mL lesion
+    with pytest.raises(TypeError, match="for_contrast"):
+        _pick_hysteresis(values, [healthy], [(lesion, ref)], per, 0.001)
+    with pytest.raises(InputError, match="seed_min_volumes_ml"):
+        DetectConfig(**common, seed_min_volumes_ml={"t2": [0.1]})
+    with pytest.raises(InputError, match="seed_min_volumes_ml"):
+        DetectConfig(**common, seed_min_volumes_ml={"t2": 1.0})
 
     class Calibrated:  # what _min_volume reads: the bundle's calibration
         bundle = type("B", (), {"meta": {"calibration": {"min_volume_ml": 0.2, "seed_min_volume_ml": {"t2": 1.0}}}})
@@ -393,6 +407,8 @@ def test_calibrate_command_rewrites_only_the_calibration(model_dir, tmp_path):
     assert cal["max_healthy_fp_ml_worst"] == 3.0 and cal["dice_tie_margin"] == 0.02
     # --contrast recalibrates one contrast and keeps the others' stored entries
     sets[0] = "data.contrasts=[t1,t2]"
+    sets.append("detect.seed_min_volumes_ml={t1: [0.2, 0.5]}")  # per-contrast seed-volume candidates
+    sets.append("detect.healthy_volumes_by_contrast={t1: 1}")  # and healthy brains
     args = ["calibrate", str(model), "-c", str(TINY), "--device", "cpu", "--contrast", "t1"]
     for s in sets:
         args += ["--set", s]
@@ -401,6 +417,11 @@ def test_calibrate_command_rewrites_only_the_calibration(model_dir, tmp_path):
     merged = json.loads((model / "model.json").read_text())["calibration"]
     assert set(merged["threshold"]) == {"t1", "t2"} and merged["recalibrated"] == ["t1"]
     assert merged["threshold"]["t2"] == cal["threshold"]["t2"] and merged["hysteresis"]["t2"] == cal["hysteresis"]["t2"]
+    assert merged["seed_min_volumes_ml"] == {"t1": [0.2, 0.5], "t2": []}
+    assert merged["healthy_volumes"] == {"t1": 1} and merged["volumes_per_contrast"] == 2  # t2 drew the shared 2
+    assert merged["seed_min_volume_ml"]["t1"] in (0.2, 0.5) and len(
+        merged["synthetic_tumour"]["t1"]["dice_and_healthy_fp_ml_by_seed_grow_percentile"]) == 2 * len(
+        merged["synthetic_tumour"]["t2"]["dice_and_healthy_fp_ml_by_seed_grow_percentile"])
     # a shared setting that differs from the stored calibration's: exit 2, nothing written
     result = CliRunner().invoke(app, [*args, "--set", "detect.healthy_volumes=1"])
     assert result.exit_code == 2 and "volumes_per_contrast" in result.output
@@ -607,6 +628,10 @@ def test_a_score_scale_for_a_contrast_the_config_does_not_train_is_refused(tmp_p
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(InputError, match="score_scale"):
+        load_config(path)
+    doc["detect"] = {"grow_percentiles": [99.0], "seed_min_volumes_ml": {"pd": [0.5]}}
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(InputError, match="seed_min_volumes_ml"):
         load_config(path)
 
 

@@ -84,7 +84,7 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
     subset = set(chosen) != set(cfg.data.contrasts) and bool(stored)
     if subset:  # before any scoring: a merge that cannot be made should not cost the whole run
         _check_shared(stored, _shared_settings(d))
-    total = len(chosen) * (d.healthy_volumes + d.lesion_volumes)
+    total = sum(d.healthy_count(c) + d.lesion_volumes for c in chosen)
     done = 0
 
     def tick(contrast: str) -> None:
@@ -106,7 +106,8 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
         scale = d.score_scale.get(contrast, "none")
         smooth = d.score_smooth_mm.get(contrast, 0.0)
         pooled, healthy_maps, healthy_bright, lesion_bright = [], [], [], []
-        for i in range(d.healthy_volumes):
+        n_healthy = d.healthy_count(contrast)
+        for i in range(n_healthy):
             res = gen.generate(labels, affine, seed=seed + i)
             sc, inner, prep = score(res.image, res.affine, res.brain_mask > 0, label, polarity, seed + i, scale,
                                     smooth)
@@ -116,7 +117,7 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
             tick(contrast)
         values = np.concatenate(pooled)
         thr = float(np.percentile(values, d.percentile))
-        fp_ml[contrast] = round(float((values > thr).sum()) * voxel_ml / d.healthy_volumes, 3)
+        fp_ml[contrast] = round(float((values > thr).sum()) * voxel_ml / n_healthy, 3)
         maps = []
         if d.lesion_volumes:
             scores, refs = [], []
@@ -145,7 +146,8 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
             if thr_dice > thr and not d.grow_percentiles:
                 thr = float(thr_dice)
         if d.grow_percentiles:
-            choice = _pick_hysteresis(values, healthy_maps, maps, d, voxel_ml, healthy_bright, lesion_bright)
+            choice = _pick_hysteresis(values, healthy_maps, maps, d.for_contrast(contrast), voxel_ml, healthy_bright,
+                                      lesion_bright)
             thr = choice["threshold"]
             grow_thresholds[contrast] = choice
             dice_at = choice.pop("dice")
@@ -164,6 +166,9 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
     scales = {c: d.score_scale.get(c, "none") for c in chosen}
     if any(v != "none" for v in scales.values()) or "score_scale" in stored:  # older records stay as they were
         calibration["score_scale"] = scales
+    counts = {c: d.healthy_count(c) for c in chosen}
+    if any(n != d.healthy_volumes for n in counts.values()) or "healthy_volumes" in stored:
+        calibration["healthy_volumes"] = counts  # per contrast, where one differs from volumes_per_contrast
     smooths = {c: d.score_smooth_mm.get(c, 0.0) for c in chosen}
     if any(v > 0 for v in smooths.values()) or "score_smooth_mm" in stored:
         calibration["score_smooth_mm"] = smooths
@@ -175,7 +180,7 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
     if grow_thresholds:
         calibration.update(grow_threshold={c: v["grow_threshold"] for c, v in grow_thresholds.items()},
                            seed_min_volume_ml={c: v["seed_min_volume_ml"] for c, v in grow_thresholds.items()},
-                           seed_min_volumes_ml={c: list(d.seed_min_volumes_ml) for c in grow_thresholds},
+                           seed_min_volumes_ml={c: list(d.seed_volumes(c)) for c in grow_thresholds},
                            grow_intensity_percentile={c: v["grow_intensity_percentile"]
                                                       for c, v in grow_thresholds.items()},
                            hysteresis=grow_thresholds)
@@ -191,7 +196,7 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
 #: Calibration entries that hold one value per contrast; the others are settings shared by all contrasts.
 PER_CONTRAST = ("threshold", "healthy_fp_ml_at_percentile", "grow_threshold", "grow_intensity_percentile",
                 "seed_min_volume_ml", "seed_min_volumes_ml", "hysteresis", "synthetic_tumour", "score_scale",
-                "score_smooth_mm")
+                "score_smooth_mm", "healthy_volumes")
 
 
 def _shared_settings(d: DetectConfig) -> dict:
@@ -295,6 +300,8 @@ def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, 
     from medhdiff.tasks.predictor import Predictor
 
     seeds = sorted({d.percentile, *d.seed_percentiles}, reverse=True)
+    if isinstance(d.seed_min_volumes_ml, dict):
+        raise TypeError("_pick_hysteresis needs one contrast's settings (DetectConfig.for_contrast)")
     volumes = sorted(set(d.seed_min_volumes_ml) or {d.min_volume_ml})
     spacing_mm = (voxel_ml * 1000.0) ** (1.0 / 3.0)  # model space is isotropic
     level = {p: float(np.percentile(values, p)) for p in (*seeds, *d.grow_percentiles)}

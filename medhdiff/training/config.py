@@ -167,7 +167,8 @@ class DetectConfig:
     Each reconstruction noises the scan to one of ``strengths`` (a fraction of
     the schedule) and denoises it in ``steps``; ``ensemble`` reconstructions are
     pooled. The threshold is the ``percentile`` of the in-brain scores of
-    ``healthy_volumes`` held-out synthetic healthy brains per contrast.
+    ``healthy_volumes`` held-out synthetic healthy brains per contrast
+    (``healthy_volumes_by_contrast`` sets another count for the contrasts it names).
 
     With ``grow_percentiles`` (hysteresis), findings are seeded above one
     healthy-score percentile (``percentile`` or one of ``seed_percentiles``) and
@@ -191,7 +192,9 @@ class DetectConfig:
     growing to the highest of ``grow_percentiles``. With ``seed_min_volumes_ml``
     the smallest volume a seed component needs is chosen with the pair, among
     those candidates (otherwise it is ``min_volume_ml``); a larger one counts
-    as more conservative, before the percentiles. With ``grow_opening_mm > 0``
+    as more conservative, before the percentiles. It is one list for every
+    contrast, or a mapping from contrast to its own list (a contrast it does
+    not name has no candidates). With ``grow_opening_mm > 0``
     the grow region (score and intensity alike) is first opened with a ball of
     that radius: parts thinner than about twice the radius (a ribbon of bright
     cortex, a rim along a ventricle) no longer carry a finding away from its
@@ -217,6 +220,7 @@ class DetectConfig:
     ensemble: int = 2
     percentile: float = 99.95
     healthy_volumes: int = 2
+    healthy_volumes_by_contrast: dict[str, int] = field(default_factory=dict)
     lesion_volumes: int = 0
     min_volume_ml: float = 0.2
     grow_percentiles: tuple[float, ...] = ()
@@ -226,7 +230,7 @@ class DetectConfig:
     grow_intensity_percentiles: tuple[float, ...] = ()
     dice_tie_margin: float = 0.0
     min_useful_dice: float = 0.2
-    seed_min_volumes_ml: tuple[float, ...] = ()
+    seed_min_volumes_ml: tuple[float, ...] | dict[str, tuple[float, ...]] = ()
     grow_opening_mm: float = 0.0
     score_scale: dict[str, str] = field(default_factory=dict)
     score_smooth_mm: dict[str, float] = field(default_factory=dict)
@@ -236,7 +240,15 @@ class DetectConfig:
         self.grow_percentiles = tuple(float(v) for v in self.grow_percentiles)
         self.seed_percentiles = tuple(float(v) for v in self.seed_percentiles)
         self.grow_intensity_percentiles = tuple(float(v) for v in self.grow_intensity_percentiles)
-        self.seed_min_volumes_ml = tuple(float(v) for v in self.seed_min_volumes_ml)
+        try:
+            if isinstance(self.seed_min_volumes_ml, Mapping):
+                self.seed_min_volumes_ml = {str(k): tuple(float(v) for v in vs)
+                                            for k, vs in self.seed_min_volumes_ml.items()}
+            else:
+                self.seed_min_volumes_ml = tuple(float(v) for v in self.seed_min_volumes_ml)
+        except (TypeError, ValueError):
+            raise InputError("detect.seed_min_volumes_ml must be a list of volumes (mL), or map contrasts to such "
+                             "lists, e.g. {t2: [0.5, 1, 2]}") from None
         self.max_healthy_fp_ml, self.min_useful_dice = float(self.max_healthy_fp_ml), float(self.min_useful_dice)
         self.dice_tie_margin = float(self.dice_tie_margin)
         self.grow_opening_mm = float(self.grow_opening_mm)
@@ -255,8 +267,9 @@ class DetectConfig:
                                                *self.grow_intensity_percentiles)):
             raise InputError("detect.grow_percentiles, seed_percentiles and grow_intensity_percentiles must lie "
                              "in [50, 100)")
-        if self.seed_min_volumes_ml and (not self.grow_percentiles
-                                         or min(self.seed_min_volumes_ml) < self.min_volume_ml):
+        volume_lists = (list(self.seed_min_volumes_ml.values()) if isinstance(self.seed_min_volumes_ml, dict)
+                        else [self.seed_min_volumes_ml])
+        if any(vs and (not self.grow_percentiles or min(vs) < self.min_volume_ml) for vs in volume_lists):
             raise InputError("detect.seed_min_volumes_ml need grow_percentiles (hysteresis) and values of at least "
                              "min_volume_ml")
         if self.grow_intensity_percentiles and not self.grow_percentiles:
@@ -274,6 +287,14 @@ class DetectConfig:
         if not 0.0 <= self.grow_opening_mm <= 10.0 or (self.grow_opening_mm and not self.grow_percentiles):
             raise InputError("detect.grow_opening_mm must be in [0, 10] mm, and above 0 it needs grow_percentiles "
                              "(hysteresis)")
+        if not isinstance(self.healthy_volumes_by_contrast, Mapping):
+            raise InputError("detect.healthy_volumes_by_contrast must map contrasts to a count, e.g. {t2: 16}")
+        try:
+            self.healthy_volumes_by_contrast = {str(k): int(v) for k, v in self.healthy_volumes_by_contrast.items()}
+        except (TypeError, ValueError):
+            raise InputError("detect.healthy_volumes_by_contrast values must be whole numbers") from None
+        if not all(v >= 1 for v in self.healthy_volumes_by_contrast.values()):
+            raise InputError("detect.healthy_volumes_by_contrast values must be >= 1")
         if not isinstance(self.score_scale, Mapping):
             raise InputError("detect.score_scale must map contrasts to none, mean or pNN, e.g. {t2: mean}")
         self.score_scale = {str(k): str(v) for k, v in self.score_scale.items()}
@@ -287,6 +308,20 @@ class DetectConfig:
             raise InputError("detect.score_smooth_mm values must be numbers (mm)") from None
         if not all(0.0 <= v <= 20.0 for v in self.score_smooth_mm.values()):
             raise InputError("detect.score_smooth_mm values must be in [0, 20] mm")
+
+    def healthy_count(self, contrast: str) -> int:
+        """How many healthy calibration brains ``contrast`` draws."""
+        return self.healthy_volumes_by_contrast.get(contrast, self.healthy_volumes)
+
+    def seed_volumes(self, contrast: str) -> tuple[float, ...]:
+        """The seed-volume candidates (``seed_min_volumes_ml``) of one contrast."""
+        if isinstance(self.seed_min_volumes_ml, dict):
+            return self.seed_min_volumes_ml.get(contrast, ())
+        return self.seed_min_volumes_ml
+
+    def for_contrast(self, contrast: str) -> "DetectConfig":
+        """These settings with ``seed_min_volumes_ml`` narrowed to ``contrast``'s list."""
+        return dataclasses.replace(self, seed_min_volumes_ml=self.seed_volumes(contrast))
 
 
 def score_scale_statistic(how: str) -> float | str | None:
@@ -341,8 +376,9 @@ class TrainConfig:
         unknown = set(data.contrasts) - set(model.contrasts)
         if unknown:
             raise InputError(f"{where}: data.contrasts {sorted(unknown)} are not in model.contrasts")
-        for name in ("score_scale", "score_smooth_mm"):
-            unknown = set(getattr(detect, name)) - set(data.contrasts)
+        for name in ("score_scale", "score_smooth_mm", "seed_min_volumes_ml", "healthy_volumes_by_contrast"):
+            value = getattr(detect, name)
+            unknown = set(value if isinstance(value, dict) else ()) - set(data.contrasts)
             if unknown:
                 raise InputError(f"{where}: detect.{name} names contrasts {sorted(unknown)} that are not in "
                                  "data.contrasts")
