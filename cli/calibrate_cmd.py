@@ -72,6 +72,10 @@ def calibrate(
     if smoothed:
         notes.append("residuals smoothed inside the brain, " + ", ".join(f"{v:g} mm on {c}" for c, v in smoothed.items())
                      + " (detect.score_smooth_mm)")
+    counts = cal.get("healthy_volumes") or {}
+    if any(n != cal.get("volumes_per_contrast") for n in counts.values()):
+        notes.append("healthy calibration brains: " + ", ".join(f"{n} on {c}" for c, n in counts.items())
+                     + f", {cal.get('volumes_per_contrast')} otherwise (detect.healthy_volumes_by_contrast)")
     if notes:
         table.caption = "; ".join(notes)
     console.print(table)

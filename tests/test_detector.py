@@ -419,6 +419,7 @@ def test_calibrate_command_rewrites_only_the_calibration(model_dir, tmp_path):
     assert merged["threshold"]["t2"] == cal["threshold"]["t2"] and merged["hysteresis"]["t2"] == cal["hysteresis"]["t2"]
     assert merged["seed_min_volumes_ml"] == {"t1": [0.2, 0.5], "t2": []}
     assert merged["healthy_volumes"] == {"t1": 1} and merged["volumes_per_contrast"] == 2  # t2 drew the shared 2
+    assert "healthy calibration brains: 1 on t1, 2 otherwise" in " ".join(result.output.split())
     assert merged["seed_min_volume_ml"]["t1"] in (0.2, 0.5) and len(
         merged["synthetic_tumour"]["t1"]["dice_and_healthy_fp_ml_by_seed_grow_percentile"]) == 2 * len(
         merged["synthetic_tumour"]["t2"]["dice_and_healthy_fp_ml_by_seed_grow_percentile"])
