@@ -21,6 +21,11 @@ default model (or `--weights`), as the commands do.
   label map, 10-40 mL, seeds neither training nor calibration draws), each injected at full contrast
   and at 0.7 and 0.5 of it (`LesionInjector(contrast_scale=...)`: the same lesion, fainter): Dice and
   found volume, to show how faint a tumour the model still finds.
+* size: `detect` (auto thresholds) on small held-out synthetic tumours of `--size-contrasts` (T2): `--size-n` (4)
+  brains per size range (1-3, 3-8 and 8-20 mL; seeds 760000+ per range, 1-2 % noise): per range, tumours
+  reached, found / reference mL and pooled Dice, to show the smallest tumour a contrast's calibration finds
+  (its seed-volume candidates). Rows are kept per model sha256 and calibration pick, so a run with
+  `--detect-weights` (another calibration) adds its rows beside the shipped one's.
 * reconstruct: PSNR/SSIM of `medhdiff reconstruct` (its defaults) of held-out synthetic healthy
   brains against themselves.
 * inpaint: a 12 mm-radius ball of healthy tissue in TCGA-DU-7294's T1, T2 and FLAIR (the brain voxel
@@ -46,6 +51,8 @@ CASE = "TCGA-DU-7294"
 HEALTHY_SEED = 700_000
 CONSPICUITY_SEED = 710_000
 CONSPICUITY_SCALES = (1.0, 0.7, 0.5)
+SIZE_SEED = 760_000
+SIZE_RANGES_ML = ((1.0, 3.0), (3.0, 8.0), (8.0, 20.0))
 
 
 def healthy_synthetic(contrast: str, i: int, first: int = HEALTHY_SEED):
@@ -90,6 +97,12 @@ def main() -> None:
                     help="contrasts of the reconstruct and inpaint sections")
     ap.add_argument("--healthy-n", type=int, default=8,
                     help="synthetic healthy brains per contrast in the healthy section (each a fresh contrast draw)")
+    ap.add_argument("--healthy-contrasts", nargs="+", default=["t1", "t2", "flair"], choices=["t1", "t2", "flair"],
+                    help="healthy section: contrasts to (re)measure (the MNI152 row counts as t1); the stored rows "
+                         "of the others are kept, e.g. after recalibrating one contrast")
+    ap.add_argument("--size-contrasts", nargs="+", default=["t2"], choices=["t2", "flair"],
+                    help="size section: contrasts")
+    ap.add_argument("--size-n", type=int, default=4, help="size section: tumours per size range")
     ap.add_argument("--tag", default="", help="suffix of the results file (detect<tag>.json)")
     args = ap.parse_args()
     if not require_data():
@@ -104,8 +117,11 @@ def main() -> None:
     payload = json.loads(path.read_text()) if path.is_file() else {}
     payload.setdefault("runs", []).append(machine())
     det_pred = Predictor(args.detect_weights, device="cpu", coarse_timestep=args.coarse, model="detector")
-    payload.update(model_sha256=det_pred.sha256, coarse_timestep=args.coarse,
-                   calibration=det_pred.bundle.meta.get("calibration", {}))
+    if args.detect_weights is None or set(args.sections) - {"size"}:
+        # a size run with another model or calibration adds its rows beside the shipped one's and leaves
+        # the file's model record alone
+        payload.update(model_sha256=det_pred.sha256, coarse_timestep=args.coarse,
+                       calibration=det_pred.bundle.meta.get("calibration", {}))
     detectors = [("medhdiff detect", det_pred)]
     if args.also_default:
         detectors.append(("default model, reconstruction residual",
@@ -159,7 +175,10 @@ def main() -> None:
     if "healthy" in args.sections:
         rows = []
         inputs = []
+        chosen = set(args.healthy_contrasts)
         try:
+            if "t1" not in chosen:
+                raise LookupError
             from nilearn.datasets import load_mni152_template
 
             from medhdiff.io import Volume
@@ -169,15 +188,20 @@ def main() -> None:
                                                                       mni.affine), None))
         except ImportError:
             log("nilearn is not installed: the MNI152 row is skipped (pip install -e '.[data]')")
-        for contrast in ("t1", "t2", "flair"):
+        except LookupError:  # T1 is not re-measured
+            pass
+        for contrast in [c for c in ("t1", "t2", "flair") if c in chosen]:
             for i in range(args.healthy_n):
                 vol, brain = healthy_synthetic(contrast, i)
                 inputs.append((f"synthetic healthy {contrast} (seed {HEALTHY_SEED + i})", contrast, vol, brain))
         for label, contrast, vol, brain in inputs:
-            row = {"input": label, **healthy_false_positives(det_pred, vol, brain, contrast)[0]}
+            row = {"input": label, **healthy_false_positives(det_pred, vol, brain, contrast)[0],
+                   "commit": payload["runs"][-1]["commit"]}
             rows.append(row)
             log(str(row))
-        payload["healthy"] = rows
+        kept = [r for r in payload.get("healthy", []) if r.get("contrast") not in chosen]
+        order = {"t1": 0, "t2": 1, "flair": 2}
+        payload["healthy"] = sorted(kept + rows, key=lambda r: order.get(r.get("contrast"), 3))
         save_results(name, payload)
     if "conspicuity" in args.sections:
         from medhdiff.io import Volume
@@ -204,6 +228,52 @@ def main() -> None:
                     rows.append(row)
                     log(str(row))
         payload["conspicuity"] = rows
+        save_results(name, payload)
+    if "size" in args.sections:
+        from medhdiff.io import Volume
+        from medhdiff.synth import HealthyBrainGenerator, LesionInjector, load_builtin_labelmap
+        from medhdiff.synth import labels as synth_labels
+
+        labels, affine = load_builtin_labelmap()
+        cal = det_pred.bundle.meta.get("calibration", {})
+        rows = []
+        for contrast in args.size_contrasts:
+            gen = HealthyBrainGenerator(contrast=contrast, spacing=1.0, noise_range=(0.01, 0.02))
+            pick = (f"p{cal['hysteresis'][contrast]['seed_percentile']} "
+                    f"({cal['hysteresis'][contrast].get('seed_min_volume_ml', cal.get('min_volume_ml'))} mL seeds) / "
+                    f"p{cal['hysteresis'][contrast]['grow_percentile']}") if contrast in cal.get("hysteresis", {}) else ""
+            for k, (lo, hi) in enumerate(SIZE_RANGES_ML):
+                inter = sizes = reached = n = 0
+                found_ml = reference_ml = 0.0
+                seed = SIZE_SEED + 1000 * k
+                while n < args.size_n:
+                    seed += 1
+                    res = gen.generate(labels, affine, seed=seed)
+                    brain = res.brain_mask > 0
+                    try:
+                        image, lesion, info = LesionInjector(kind="tumor", volume_ml=(lo, hi)).inject(
+                            res.image, brain, res.affine, contrast, seed=seed,
+                            wm_mask=synth_labels.class_mask(res.labels, "wm"))
+                    except ValueError:  # no room for this draw's tumour: the next seed
+                        continue
+                    n += 1
+                    r = det_pred.detect(Volume(image, res.affine), contrast=contrast, mask=brain)
+                    found, ref = r.mask > 0, lesion > 0
+                    inter += int((found & ref).sum())
+                    sizes += int(found.sum() + ref.sum())
+                    reached += bool((found & ref).any())
+                    found_ml += r.report["total_lesion_ml"]
+                    reference_ml += float(info["volume_ml"])
+                    log(f"{contrast} {lo:g}-{hi:g} mL seed {seed}: {info['volume_ml']:.1f} mL, found "
+                        f"{r.report['total_lesion_ml']:.1f} mL, Dice {dice(found, ref):.3f}")
+                row = {"contrast": contrast, "model_sha256": det_pred.sha256[:12], "pick": pick,
+                       "size_ml": [lo, hi], "tumours": n, "reached": reached, "found_ml": round(found_ml, 1),
+                       "reference_ml": round(reference_ml, 1), "pooled_dice": round(2.0 * inter / max(sizes, 1), 3),
+                       "commit": payload["runs"][-1]["commit"]}
+                rows.append(row)
+                log(str(row))
+        mine = {(r["contrast"], r["pick"]) for r in rows}
+        payload["size"] = [r for r in payload.get("size", []) if (r["contrast"], r["pick"]) not in mine] + rows
         save_results(name, payload)
     if "reconstruct" in args.sections:
         rows = []

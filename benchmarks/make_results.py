@@ -172,6 +172,20 @@ def levers_section(lv: dict) -> list[str]:
                        f"{r['healthy_with_finding']} of {r['healthy']} | {r['worst_healthy_ml']:.2f} | "
                        f"{r['tumours_reached']} of {r['tumours']} | {r['found_ml']:.1f} / {r['reference_ml']:.1f} | "
                        f"{r['pooled_dice']:.3f} |" for r in lv["score_smooth"]])
+    if lv.get("cal_options"):
+        out += _table("Detection: T2's calibration set and seed-volume grid (with its 8 mm smoothing), each option "
+                      "picked as `medhdiff calibrate` picks and scored on development brains (32 healthy, seeds "
+                      "740000+; 10 tumours, 740500+). Margin: the highest score level at which a healthy brain has a "
+                      "seed component of the picked volume, over the seed level (1 or more: a finding)",
+                      ["option", "healthy calibration brains", "seed volumes mL", "calibrated pick",
+                       "calibration Dice", "healthy brains with a finding", "worst healthy mL",
+                       "worst margins", "tumours reached", "found / reference mL", "pooled Dice"],
+                      [f"| {r['option']} | {r['calibration_healthy']} | "
+                       f"{', '.join(f'{v:g}' for v in r['seed_min_volumes_ml'])} | {r['pick']} | "
+                       f"{r['calibration_dice']:.3f} | {r['healthy_with_finding']} of {r['healthy']} | "
+                       f"{r['worst_healthy_ml']:.2f} | {', '.join(f'{m:.2f}' for m in r['healthy_margins_top3'])} | "
+                       f"{r['tumours_reached']} of {r['tumours']} | {r['found_ml']:.1f} / {r['reference_ml']:.1f} | "
+                       f"{r['pooled_dice']:.3f} |" for r in lv["cal_options"]])
     if lv.get("heal_adapt"):
         out += _table("Detection: the patch network adapted to each scan (heal-adapt; shipped calibration)",
                       ["input", "model", "found mL", "Dice @auto", "score p99 / p99.9 in the brain", "AUROC",
@@ -273,6 +287,14 @@ def main() -> None:
                           [f"| {r['contrast']} | {r['seed']} | {r['contrast_scale']:.1f} | {r['reference_ml']:.1f} | "
                            f"{r['found_ml']:.1f} | {r['dice_auto']:.3f} | {r['seconds']:.0f} |"
                            for r in det["conspicuity"]])
+        if det.get("size"):
+            out += _table("The smallest tumours `detect` finds: held-out synthetic tumours by size (auto thresholds; "
+                          "each calibration's pick named)",
+                          ["contrast", "calibration pick", "model", "tumour size mL", "reached", "found / reference mL",
+                           "pooled Dice"],
+                          [f"| {r['contrast']} | {r['pick']} | {r['model_sha256']} | {r['size_ml'][0]:g}-{r['size_ml'][1]:g} | "
+                           f"{r['reached']} of {r['tumours']} | {r['found_ml']:.1f} / {r['reference_ml']:.1f} | "
+                           f"{r['pooled_dice']:.3f} |" for r in det["size"]])
         if det.get("reconstruct"):
             out += _table("Healthy reconstruction of healthy synthetic brains (`reconstruct` defaults)",
                           ["input", "strength", "steps", "PSNR", "SSIM", "seconds"],
