@@ -37,6 +37,8 @@ def main() -> None:
     run = machine()
     predictor = Predictor(args.detect_weights or default_weights("detector"), device="cpu")
     norm_cfg = predictor.preprocessor.config
+    # which calibration these brains measured: a later recalibration of the contrast makes them history
+    cal_pick = (predictor.bundle.meta.get("calibration") or {}).get("hysteresis", {}).get(args.contrast)
     rows = []
     print("| seed | false-positive mL | seeds only, mL | scan intensity in findings (median) | seconds |")
     print("|---|---|---|---|---|")
@@ -57,7 +59,7 @@ def main() -> None:
           f"{int((fp >= 2).sum())} with 2 mL or more; worst {fp.max():.2f} mL; mean {fp.mean():.2f} mL")
     save_results(f"healthy_fp_{args.contrast}{args.tag}", {"runs": [run], "contrast": args.contrast,
                                                           "seed": args.seed, "model_sha256": predictor.sha256,
-                                                          "rows": rows})
+                                                          "calibration_pick": cal_pick, "rows": rows})
 
 
 if __name__ == "__main__":
