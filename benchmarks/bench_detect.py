@@ -45,7 +45,7 @@ import numpy as np
 from rich.console import Console
 from scipy import ndimage
 
-from common import RESULTS_DIR, TUMOUR, machine, measure, require_data, save_results
+from common import RESULTS_DIR, TUMOUR, machine, measure, pick_label, require_data, save_results
 
 CASE = "TCGA-DU-7294"
 HEALTHY_SEED = 700_000
@@ -64,6 +64,29 @@ def healthy_synthetic(contrast: str, i: int, first: int = HEALTHY_SEED):
     res = HealthyBrainGenerator(contrast=contrast, spacing=1.0, noise_range=(0.0, 0.0)).generate(
         labels, affine, seed=first + i)
     return Volume(res.image, res.affine), res.brain_mask > 0
+
+
+def synthetic_tumours(contrast: str, start: int, n: int, noise_range, volume_ml):
+    """``n`` synthetic brains with an injected tumour (1 mm, built-in label map), seeds from ``start`` (a seed
+    whose tumour finds no room is skipped, as calibration does): ``(seed, Volume, brain, lesion)``."""
+    from medhdiff.io import Volume
+    from medhdiff.synth import HealthyBrainGenerator, LesionInjector, load_builtin_labelmap
+    from medhdiff.synth import labels as synth_labels
+
+    labels, affine = load_builtin_labelmap()
+    gen = HealthyBrainGenerator(contrast=contrast, spacing=1.0, noise_range=noise_range)
+    found, s = 0, start
+    while found < n:
+        res = gen.generate(labels, affine, seed=s)
+        brain = res.brain_mask > 0
+        try:
+            image, lesion, _ = LesionInjector(kind="tumor", volume_ml=volume_ml).inject(
+                res.image, brain, res.affine, contrast, seed=s, wm_mask=synth_labels.class_mask(res.labels, "wm"))
+        except ValueError:
+            s += 1
+            continue
+        yield s, Volume(image, res.affine), brain, lesion > 0
+        found, s = found + 1, s + 1
 
 
 def healthy_false_positives(det_pred, vol, brain, contrast: str) -> tuple[dict, object]:
@@ -176,20 +199,17 @@ def main() -> None:
         rows = []
         inputs = []
         chosen = set(args.healthy_contrasts)
-        try:
-            if "t1" not in chosen:
-                raise LookupError
-            from nilearn.datasets import load_mni152_template
+        if "t1" in chosen:  # the MNI152 row is a T1 row
+            try:
+                from nilearn.datasets import load_mni152_template
 
-            from medhdiff.io import Volume
+                from medhdiff.io import Volume
 
-            mni = load_mni152_template(resolution=1)
-            inputs.append(("MNI152 2009a T1 (nilearn)", "t1", Volume(np.asarray(mni.get_fdata(), np.float32),
-                                                                      mni.affine), None))
-        except ImportError:
-            log("nilearn is not installed: the MNI152 row is skipped (pip install -e '.[data]')")
-        except LookupError:  # T1 is not re-measured
-            pass
+                mni = load_mni152_template(resolution=1)
+                inputs.append(("MNI152 2009a T1 (nilearn)", "t1", Volume(np.asarray(mni.get_fdata(), np.float32),
+                                                                          mni.affine), None))
+            except ImportError:
+                log("nilearn is not installed: the MNI152 row is skipped (pip install -e '.[data]')")
         for contrast in [c for c in ("t1", "t2", "flair") if c in chosen]:
             for i in range(args.healthy_n):
                 vol, brain = healthy_synthetic(contrast, i)
@@ -230,44 +250,27 @@ def main() -> None:
         payload["conspicuity"] = rows
         save_results(name, payload)
     if "size" in args.sections:
-        from medhdiff.io import Volume
-        from medhdiff.synth import HealthyBrainGenerator, LesionInjector, load_builtin_labelmap
-        from medhdiff.synth import labels as synth_labels
-
-        labels, affine = load_builtin_labelmap()
         cal = det_pred.bundle.meta.get("calibration", {})
         rows = []
         for contrast in args.size_contrasts:
-            gen = HealthyBrainGenerator(contrast=contrast, spacing=1.0, noise_range=(0.01, 0.02))
-            pick = (f"p{cal['hysteresis'][contrast]['seed_percentile']} "
-                    f"({cal['hysteresis'][contrast].get('seed_min_volume_ml', cal.get('min_volume_ml'))} mL seeds) / "
-                    f"p{cal['hysteresis'][contrast]['grow_percentile']}") if contrast in cal.get("hysteresis", {}) else ""
+            h = cal.get("hysteresis", {}).get(contrast)
+            pick = "" if h is None else pick_label(h, cal.get("min_volume_ml"))
             for k, (lo, hi) in enumerate(SIZE_RANGES_ML):
-                inter = sizes = reached = n = 0
+                inter = sizes = reached = 0
                 found_ml = reference_ml = 0.0
-                seed = SIZE_SEED + 1000 * k
-                while n < args.size_n:
-                    seed += 1
-                    res = gen.generate(labels, affine, seed=seed)
-                    brain = res.brain_mask > 0
-                    try:
-                        image, lesion, info = LesionInjector(kind="tumor", volume_ml=(lo, hi)).inject(
-                            res.image, brain, res.affine, contrast, seed=seed,
-                            wm_mask=synth_labels.class_mask(res.labels, "wm"))
-                    except ValueError:  # no room for this draw's tumour: the next seed
-                        continue
-                    n += 1
-                    r = det_pred.detect(Volume(image, res.affine), contrast=contrast, mask=brain)
-                    found, ref = r.mask > 0, lesion > 0
+                for seed, vol, brain, ref in synthetic_tumours(contrast, SIZE_SEED + 1000 * k, args.size_n,
+                                                               (0.01, 0.02), (lo, hi)):
+                    r = det_pred.detect(vol, contrast=contrast, mask=brain)
+                    found = r.mask > 0
                     inter += int((found & ref).sum())
                     sizes += int(found.sum() + ref.sum())
                     reached += bool((found & ref).any())
                     found_ml += r.report["total_lesion_ml"]
-                    reference_ml += float(info["volume_ml"])
-                    log(f"{contrast} {lo:g}-{hi:g} mL seed {seed}: {info['volume_ml']:.1f} mL, found "
+                    reference_ml += float(ref.sum()) * vol.voxel_volume_ml
+                    log(f"{contrast} {lo:g}-{hi:g} mL seed {seed}: {ref.sum() * vol.voxel_volume_ml:.1f} mL, found "
                         f"{r.report['total_lesion_ml']:.1f} mL, Dice {dice(found, ref):.3f}")
                 row = {"contrast": contrast, "model_sha256": det_pred.sha256[:12], "pick": pick,
-                       "size_ml": [lo, hi], "tumours": n, "reached": reached, "found_ml": round(found_ml, 1),
+                       "size_ml": [lo, hi], "tumours": args.size_n, "reached": reached, "found_ml": round(found_ml, 1),
                        "reference_ml": round(reference_ml, 1), "pooled_dice": round(2.0 * inter / max(sizes, 1), 3),
                        "commit": payload["runs"][-1]["commit"]}
                 rows.append(row)

@@ -88,7 +88,7 @@ import numpy as np
 from rich.console import Console
 
 from common import (CASES, RESULTS_DIR, ROOT, TUMOUR, add_rician, machine, measure, noise_seed, opening_summary,
-                    require_data, save_results)
+                    pick_label, require_data, save_results)
 
 CASE = "TCGA-DU-7294"
 
@@ -236,31 +236,8 @@ OPENING_RADII = (0.0, 1.0, 1.5, 2.0)
 DEV_SEED = 740_000
 
 
-def _tumours(contrast: str, start: int, n: int, noise_range, volume_ml):
-    """``n`` synthetic brains with an injected tumour, seeds from ``start`` (a seed whose tumour finds no
-    room is skipped, as calibration does): ``(seed, Volume, brain, lesion)``."""
-    from medhdiff.io import Volume
-    from medhdiff.synth import HealthyBrainGenerator, LesionInjector, load_builtin_labelmap
-    from medhdiff.synth import labels as synth_labels
-
-    labels, affine = load_builtin_labelmap()
-    gen = HealthyBrainGenerator(contrast=contrast, spacing=1.0, noise_range=noise_range)
-    found, s = 0, start
-    while found < n:
-        res = gen.generate(labels, affine, seed=s)
-        brain = res.brain_mask > 0
-        try:
-            image, lesion, _ = LesionInjector(kind="tumor", volume_ml=volume_ml).inject(
-                res.image, brain, res.affine, contrast, seed=s, wm_mask=synth_labels.class_mask(res.labels, "wm"))
-        except ValueError:
-            s += 1
-            continue
-        yield s, Volume(image, res.affine), brain, lesion > 0
-        found, s = found + 1, s + 1
-
-
 def opening(console: Console, n_healthy: int, n_tumours: int) -> list[dict]:
-    from bench_detect import healthy_synthetic
+    from bench_detect import healthy_synthetic, synthetic_tumours
 
     from medhdiff.metrics import dice
     from medhdiff.tasks import Predictor
@@ -273,7 +250,7 @@ def opening(console: Console, n_healthy: int, n_tumours: int) -> list[dict]:
         for i in range(n_healthy):
             vol, brain = healthy_synthetic(contrast, i, first=DEV_SEED)
             yield DEV_SEED + i, vol, brain, None
-        yield from _tumours(contrast, DEV_SEED + 500, n_tumours, (0.01, 0.02), (5.0, 60.0))
+        yield from synthetic_tumours(contrast, DEV_SEED + 500, n_tumours, (0.01, 0.02), (5.0, 60.0))
 
     rows = []
     for contrast in ("t2", "flair"):
@@ -334,7 +311,7 @@ def _brain_sets(console: Console, pred, cfg, contrast: str, n_healthy: int, n_tu
     them) and the development brains (``n_healthy`` healthy 740000+, then ``n_tumours`` tumours 740500+), each
     reconstructed once by ``pred`` (cached per brain under ``cache``): items with the signed ``residual``s, the
     model-space ``mask``, ``inner`` (scored region), ``ref`` (the tumour) and ``bright`` (intensity regions)."""
-    from bench_detect import healthy_synthetic
+    from bench_detect import healthy_synthetic, synthetic_tumours
 
     from medhdiff.io import Volume
     from medhdiff.synth import HealthyBrainGenerator, load_builtin_labelmap
@@ -350,14 +327,15 @@ def _brain_sets(console: Console, pred, cfg, contrast: str, n_healthy: int, n_tu
         for i in range(d.healthy_volumes):
             res = gen.generate(labels, affine, seed=900_000 + i)
             yield "calh", 900_000 + i, res.image, res.affine, res.brain_mask > 0, None
-        for s, vol, brain, lesion in _tumours(contrast, 900_501, d.lesion_volumes, cfg.data.noise_range, LESION_ML):
+        for s, vol, brain, lesion in synthetic_tumours(contrast, 900_501, d.lesion_volumes, cfg.data.noise_range,
+                                                       LESION_ML):
             yield "calt", s, vol.data, vol.affine, brain, lesion
 
     def development_brains():
         for i in range(n_healthy):
             vol, brain = healthy_synthetic(contrast, i, first=DEV_SEED)
             yield "devh", DEV_SEED + i, vol.data, vol.affine, brain, None
-        for s, vol, brain, lesion in _tumours(contrast, DEV_SEED + 500, n_tumours, (0.01, 0.02), (5.0, 60.0)):
+        for s, vol, brain, lesion in synthetic_tumours(contrast, DEV_SEED + 500, n_tumours, (0.01, 0.02), (5.0, 60.0)):
             yield "devt", s, vol.data, vol.affine, brain, lesion
 
     def reconstructed(brains) -> list[dict]:
@@ -423,8 +401,7 @@ def _pick_and_apply(cal: list[dict], dev: list[dict], d, n_cal_healthy: int, n_d
         reached += bool((k & c["ref"]).any())
         found_ml += float(k.sum()) * voxel_ml
         reference_ml += float(c["ref"].sum()) * voxel_ml
-    return {"pick": f"p{pick['seed_percentile']} ({pick['seed_min_volume_ml']} mL seeds) / p{pick['grow_percentile']}"
-                    + ("" if q is None else f" + intensity p{q}"),
+    return {"pick": pick_label(pick),
             "calibration_dice": pick["dice"], "useful": pick.get("useful", True), "healthy": len(fp),
             "healthy_with_finding": sum(v > 0 for v in fp), "worst_healthy_ml": round(max(fp), 2),
             "mean_healthy_ml": round(float(np.mean(fp)), 3),

@@ -133,3 +133,13 @@ def opening_summary(rows: list[dict]) -> list[dict]:
                         "pooled_dice": 2.0 * sum(r["intersection"] for r in tumours)
                         / max(sum(r["sizes"] for r in tumours), 1)})
     return out
+
+
+def pick_label(pick: dict, min_volume_ml: float | None = None) -> str:
+    """A calibrated hysteresis pick (``model.json``'s ``calibration.hysteresis[contrast]``, or a pick made as
+    ``medhdiff calibrate`` makes it) in one line: seed percentile (seed volume) / grow percentile, and the
+    intensity grow region where one was chosen. ``min_volume_ml`` stands in for a record without a seed volume."""
+    q = pick.get("grow_intensity_percentile")
+    volume = pick.get("seed_min_volume_ml", min_volume_ml)
+    return (f"p{pick['seed_percentile']} ({volume} mL seeds) / p{pick['grow_percentile']}"
+            + ("" if q is None else f" + intensity p{q}"))

@@ -369,6 +369,14 @@ def test_hysteresis_pick_chooses_the_seed_volume_that_drops_small_healthy_spots(
         DetectConfig(**common, seed_min_volumes_ml={"t2": [0.1]})
     with pytest.raises(InputError, match="seed_min_volumes_ml"):
         DetectConfig(**common, seed_min_volumes_ml={"t2": 1.0})
+    with pytest.raises(InputError, match="seed_min_volumes_ml"):
+        DetectConfig(**common, seed_min_volumes_ml=["x"])
+    # and per-contrast healthy counts
+    assert DetectConfig(healthy_volumes=8, healthy_volumes_by_contrast={"t2": 16}).healthy_count("t2") == 16
+    assert DetectConfig(healthy_volumes=8, healthy_volumes_by_contrast={"t2": 16}).healthy_count("t1") == 8
+    for bad in ({"t2": 0}, {"t2": "many"}, [16]):
+        with pytest.raises(InputError, match="healthy_volumes_by_contrast"):
+            DetectConfig(healthy_volumes_by_contrast=bad)
 
     class Calibrated:  # what _min_volume reads: the bundle's calibration
         bundle = type("B", (), {"meta": {"calibration": {"min_volume_ml": 0.2, "seed_min_volume_ml": {"t2": 1.0}}}})

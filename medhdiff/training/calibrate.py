@@ -163,15 +163,14 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
                  else "")
     calibration = {"threshold": thresholds, **_shared_settings(d), "healthy_fp_ml_at_percentile": fp_ml,
                    "source": "synthetic healthy brains from the built-in label map, held-out seeds"}
-    scales = {c: d.score_scale.get(c, "none") for c in chosen}
-    if any(v != "none" for v in scales.values()) or "score_scale" in stored:  # older records stay as they were
-        calibration["score_scale"] = scales
-    counts = {c: d.healthy_count(c) for c in chosen}
-    if any(n != d.healthy_volumes for n in counts.values()) or "healthy_volumes" in stored:
-        calibration["healthy_volumes"] = counts  # per contrast, where one differs from volumes_per_contrast
-    smooths = {c: d.score_smooth_mm.get(c, 0.0) for c in chosen}
-    if any(v > 0 for v in smooths.values()) or "score_smooth_mm" in stored:
-        calibration["score_smooth_mm"] = smooths
+    # per-contrast settings are written only where one differs from its default (or the stored record
+    # already has the key), so that records made before a setting existed stay as they were
+    for key, value, default in (("score_scale", lambda c: d.score_scale.get(c, "none"), "none"),
+                                ("healthy_volumes", d.healthy_count, d.healthy_volumes),
+                                ("score_smooth_mm", lambda c: d.score_smooth_mm.get(c, 0.0), 0.0)):
+        values = {c: value(c) for c in chosen}
+        if any(v != default for v in values.values()) or key in stored:
+            calibration[key] = values
     if lesion_dice:
         calibration["synthetic_tumour"] = lesion_dice
     if lesion_dice and not grow_thresholds:

@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
@@ -240,15 +240,9 @@ class DetectConfig:
         self.grow_percentiles = tuple(float(v) for v in self.grow_percentiles)
         self.seed_percentiles = tuple(float(v) for v in self.seed_percentiles)
         self.grow_intensity_percentiles = tuple(float(v) for v in self.grow_intensity_percentiles)
-        try:
-            if isinstance(self.seed_min_volumes_ml, Mapping):
-                self.seed_min_volumes_ml = {str(k): tuple(float(v) for v in vs)
-                                            for k, vs in self.seed_min_volumes_ml.items()}
-            else:
-                self.seed_min_volumes_ml = tuple(float(v) for v in self.seed_min_volumes_ml)
-        except (TypeError, ValueError):
-            raise InputError("detect.seed_min_volumes_ml must be a list of volumes (mL), or map contrasts to such "
-                             "lists, e.g. {t2: [0.5, 1, 2]}") from None
+        volumes = self.seed_min_volumes_ml
+        self.seed_min_volumes_ml = ({str(k): _seed_volumes(v) for k, v in volumes.items()}
+                                    if isinstance(volumes, Mapping) else _seed_volumes(volumes))
         self.max_healthy_fp_ml, self.min_useful_dice = float(self.max_healthy_fp_ml), float(self.min_useful_dice)
         self.dice_tie_margin = float(self.dice_tie_margin)
         self.grow_opening_mm = float(self.grow_opening_mm)
@@ -287,25 +281,16 @@ class DetectConfig:
         if not 0.0 <= self.grow_opening_mm <= 10.0 or (self.grow_opening_mm and not self.grow_percentiles):
             raise InputError("detect.grow_opening_mm must be in [0, 10] mm, and above 0 it needs grow_percentiles "
                              "(hysteresis)")
-        if not isinstance(self.healthy_volumes_by_contrast, Mapping):
-            raise InputError("detect.healthy_volumes_by_contrast must map contrasts to a count, e.g. {t2: 16}")
-        try:
-            self.healthy_volumes_by_contrast = {str(k): int(v) for k, v in self.healthy_volumes_by_contrast.items()}
-        except (TypeError, ValueError):
-            raise InputError("detect.healthy_volumes_by_contrast values must be whole numbers") from None
+        self.healthy_volumes_by_contrast = _contrast_map("healthy_volumes_by_contrast",
+                                                         self.healthy_volumes_by_contrast, int,
+                                                         "whole numbers of brains", "{t2: 16}")
         if not all(v >= 1 for v in self.healthy_volumes_by_contrast.values()):
             raise InputError("detect.healthy_volumes_by_contrast values must be >= 1")
-        if not isinstance(self.score_scale, Mapping):
-            raise InputError("detect.score_scale must map contrasts to none, mean or pNN, e.g. {t2: mean}")
-        self.score_scale = {str(k): str(v) for k, v in self.score_scale.items()}
+        self.score_scale = _contrast_map("score_scale", self.score_scale, str, "none, mean or pNN", "{t2: mean}")
         for how in self.score_scale.values():
             score_scale_statistic(how)
-        if not isinstance(self.score_smooth_mm, Mapping):
-            raise InputError("detect.score_smooth_mm must map contrasts to a Gaussian sigma in mm, e.g. {t2: 4}")
-        try:
-            self.score_smooth_mm = {str(k): float(v) for k, v in self.score_smooth_mm.items()}
-        except (TypeError, ValueError):
-            raise InputError("detect.score_smooth_mm values must be numbers (mm)") from None
+        self.score_smooth_mm = _contrast_map("score_smooth_mm", self.score_smooth_mm, float,
+                                             "Gaussian sigmas in mm", "{t2: 4}")
         if not all(0.0 <= v <= 20.0 for v in self.score_smooth_mm.values()):
             raise InputError("detect.score_smooth_mm values must be in [0, 20] mm")
 
@@ -322,6 +307,26 @@ class DetectConfig:
     def for_contrast(self, contrast: str) -> "DetectConfig":
         """These settings with ``seed_min_volumes_ml`` narrowed to ``contrast``'s list."""
         return dataclasses.replace(self, seed_min_volumes_ml=self.seed_volumes(contrast))
+
+
+def _seed_volumes(values: Any) -> tuple[float, ...]:
+    """One list of ``detect.seed_min_volumes_ml`` (mL) as floats."""
+    try:
+        return tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise InputError("detect.seed_min_volumes_ml must be a list of volumes (mL), or map contrasts to such "
+                         "lists, e.g. {t2: [0.5, 1, 2]}") from None
+
+
+def _contrast_map(name: str, value: Any, cast: Callable[[Any], Any], what: str, example: str) -> dict:
+    """A per-contrast setting ``detect.<name>`` as ``{contrast: cast(value)}``; anything else is an
+    InputError naming the setting (``what`` the values should be, ``example`` a YAML mapping)."""
+    if not isinstance(value, Mapping):
+        raise InputError(f"detect.{name} must map contrasts to {what}, e.g. {example}")
+    try:
+        return {str(k): cast(v) for k, v in value.items()}
+    except (TypeError, ValueError):
+        raise InputError(f"detect.{name} values must be {what}, e.g. {example}") from None
 
 
 def score_scale_statistic(how: str) -> float | str | None:
