@@ -24,7 +24,9 @@ default model (or `--weights`), as the commands do.
 * size: `detect` (auto thresholds) on small held-out synthetic tumours of `--size-contrasts` (T2): `--size-n` (4)
   brains per size range (1-3, 3-8 and 8-20 mL; seeds 760000+ per range, 1-2 % noise): per range, tumours
   reached, found / reference mL and pooled Dice, to show the smallest tumour a contrast's calibration finds
-  (its seed-volume candidates). Rows are kept per model sha256 and calibration pick, so a run with
+  (its seed-volume candidates). Beside them each tumour's score peak over the seed level, and the peak of the
+  rest of its brain (more than 10 voxels away): a tumour whose peak stays below 1 cannot seed whatever seed
+  volume calibration picks, so the score, not the calibration, misses it. Rows are kept per model sha256 and calibration pick, so a run with
   `--detect-weights` (another calibration) adds its rows beside the shipped one's.
 * reconstruct: PSNR/SSIM of `medhdiff reconstruct` (its defaults) of held-out synthetic healthy
   brains against themselves.
@@ -99,6 +101,14 @@ def healthy_false_positives(det_pred, vol, brain, contrast: str) -> tuple[dict, 
            "false_positive_ml_no_grow": round(sum(c["volume_ml"] for c in single), 3),
            "components": r.report["n_components"], "seconds": round(m.seconds, 1)}
     return row, r
+
+
+def score_peaks(score: np.ndarray, threshold: float, brain: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """The highest score in the tumour ``ref`` and in the brain more than 10 voxels from it, over the seed
+    level ``threshold``: below 1 in the tumour, no seed can start there whatever its volume."""
+    far = brain & ~ndimage.binary_dilation(ref, iterations=10)
+    return (float(score[ref].max()) / threshold if ref.any() else 0.0,
+            float(score[far].max()) / threshold if far.any() else 0.0)
 
 
 def localisation(scores: np.ndarray, labels: np.ndarray) -> dict:
@@ -258,20 +268,26 @@ def main() -> None:
             for k, (lo, hi) in enumerate(SIZE_RANGES_ML):
                 inter = sizes = reached = 0
                 found_ml = reference_ml = 0.0
+                peaks, elsewhere = [], []
                 for seed, vol, brain, ref in synthetic_tumours(contrast, SIZE_SEED + 1000 * k, args.size_n,
                                                                (0.01, 0.02), (lo, hi)):
                     r = det_pred.detect(vol, contrast=contrast, mask=brain)
                     found = r.mask > 0
+                    peak, other = score_peaks(r.score_map, r.report["threshold"], brain, ref)
+                    peaks.append(peak)
+                    elsewhere.append(other)
                     inter += int((found & ref).sum())
                     sizes += int(found.sum() + ref.sum())
                     reached += bool((found & ref).any())
                     found_ml += r.report["total_lesion_ml"]
                     reference_ml += float(ref.sum()) * vol.voxel_volume_ml
                     log(f"{contrast} {lo:g}-{hi:g} mL seed {seed}: {ref.sum() * vol.voxel_volume_ml:.1f} mL, found "
-                        f"{r.report['total_lesion_ml']:.1f} mL, Dice {dice(found, ref):.3f}")
+                        f"{r.report['total_lesion_ml']:.1f} mL, Dice {dice(found, ref):.3f}; score peak over the seed "
+                        f"level {peak:.2f} in the tumour, {other:.2f} elsewhere")
                 row = {"contrast": contrast, "model_sha256": det_pred.sha256[:12], "pick": pick,
                        "size_ml": [lo, hi], "tumours": args.size_n, "reached": reached, "found_ml": round(found_ml, 1),
                        "reference_ml": round(reference_ml, 1), "pooled_dice": round(2.0 * inter / max(sizes, 1), 3),
+                       "tumour_peaks": [round(p, 2) for p in peaks], "elsewhere_peaks": [round(p, 2) for p in elsewhere],
                        "commit": payload["runs"][-1]["commit"]}
                 rows.append(row)
                 log(str(row))

@@ -60,6 +60,12 @@
   finding than unsmoothed and no larger worst one (at least 0.5 mL allowed); among those, the best pooled
   Dice if it is at least 0.02 above unsmoothed (options within 0.01 of it tie, and the smallest sigma
   wins), otherwise unsmoothed.
+  Re-run for T2 with the stop-23 calibration settings (`--contrasts t2 --smooths 4 6 8 --cal-healthy 16
+  --dev-healthy 32`: 16 healthy calibration brains, T2's seed volumes up to 4 mL), because 8 mm misses
+  small tumours (bench_detect's size section). The rule, fixed before that run: a smaller sigma replaces
+  8 mm only if it marks none of the 32 development healthy brains, its worst healthy margin stays below
+  0.9, and its pooled Dice is at least 0.02 above 8 mm's (options within 0.01 of the best tie, and the
+  larger sigma wins); it then ships only after held-out checks (fresh healthy brains, the size section).
 * cal-options: T2's calibration set and seed grid, with the shipped 8 mm smoothing. The 8 mm pick landed on
   the edge of both seed grids (p99.999, 1 mL seeds), and a held-out healthy brain kept a finding grown from
   a 1.3 mL seed: the 8 calibration brains see the healthy tail only roughly, and the grid cannot go
@@ -461,6 +467,7 @@ def score_smooth(console: Console, n_healthy: int, n_tumours: int, cache: Path |
                 return item[key]
 
             row = {"contrast": contrast, "smooth_mm": mm, "score_scale": scale, "calibration_healthy": d.healthy_volumes,
+                   "seed_volumes_ml": list(d.seed_volumes(contrast)),
                    **_pick_and_apply(cal, dev, d.for_contrast(contrast), d.healthy_volumes, n_healthy, scored)}
             for item in (*cal, *dev):
                 item.pop(f"score{mm}", None)

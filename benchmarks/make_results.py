@@ -43,6 +43,9 @@ def _runs(payload: dict) -> list[str]:
     return out
 
 
+SEED_VOLUMES_BEFORE_STOP23 = (0.2, 0.5, 1.0)  # configs/detector.yaml's seed-volume candidates of rows that predate the field
+
+
 def _table(title: str, header: list[str], rows: list[str]) -> list[str]:
     """A '###' section holding one Markdown table (rows already formatted)."""
     return [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows, ""]
@@ -50,6 +53,11 @@ def _table(title: str, header: list[str], rows: list[str]) -> list[str]:
 
 def _fmt(v, nd=2) -> str:
     return "" if v is None else f"{v:.{nd}f}"
+
+
+def _peaks(values: list | None) -> str:
+    """A size row's per-tumour score peaks, smallest tumour first (blank for rows measured before they were)."""
+    return "" if not values else ", ".join(f"{v:.2f}" for v in values)
 
 
 def _shipped_pick(contrast: str) -> dict | None:
@@ -173,11 +181,15 @@ def levers_section(lv: dict) -> list[str]:
                       "(`detect.score_smooth_mm`, Gaussian sigma), each option calibrated on the calibration brains "
                       "with the contrast's shipped score scale, scored on development brains (seeds 740000+ "
                       "healthy, 740500+ tumours)",
-                      ["contrast", "sigma mm", "calibrated pick", "calibration Dice", "healthy brains with a finding",
-                       "worst healthy mL", "tumours reached", "found / reference mL", "pooled Dice"],
-                      [f"| {r['contrast']} | {r['smooth_mm']:g} | {r['pick']}{'' if r.get('useful', True) else ' (not useful)'} | "
+                      ["contrast", "sigma mm", "healthy calibration brains", "seed volumes mL", "calibrated pick",
+                       "calibration Dice", "healthy brains with a finding", "worst healthy mL", "worst margins",
+                       "tumours reached", "found / reference mL", "pooled Dice"],
+                      [f"| {r['contrast']} | {r['smooth_mm']:g} | {r.get('calibration_healthy', 8)} | "
+                       f"{', '.join(f'{v:g}' for v in r.get('seed_volumes_ml', SEED_VOLUMES_BEFORE_STOP23))} | "
+                       f"{r['pick']}{'' if r.get('useful', True) else ' (not useful)'} | "
                        f"{r['calibration_dice']:.3f} | "
                        f"{r['healthy_with_finding']} of {r['healthy']} | {r['worst_healthy_ml']:.2f} | "
+                       f"{', '.join(f'{m:.2f}' for m in r.get('healthy_margins_top3', []))} | "
                        f"{r['tumours_reached']} of {r['tumours']} | {r['found_ml']:.1f} / {r['reference_ml']:.1f} | "
                        f"{r['pooled_dice']:.3f} |" for r in lv["score_smooth"]])
     if lv.get("cal_options"):
@@ -303,10 +315,11 @@ def main() -> None:
             out += _table("The smallest tumours `detect` finds: held-out synthetic tumours by size (auto thresholds; "
                           "each calibration's pick named)",
                           ["contrast", "calibration pick", "model", "tumour size mL", "reached", "found / reference mL",
-                           "pooled Dice"],
+                           "pooled Dice", "score peak over the seed level: in each tumour", "elsewhere in its brain"],
                           [f"| {r['contrast']} | {r['pick']} | {r['model_sha256']} | {r['size_ml'][0]:g}-{r['size_ml'][1]:g} | "
                            f"{r['reached']} of {r['tumours']} | {r['found_ml']:.1f} / {r['reference_ml']:.1f} | "
-                           f"{r['pooled_dice']:.3f} |" for r in det["size"]])
+                           f"{r['pooled_dice']:.3f} | {_peaks(r.get('tumour_peaks'))} | {_peaks(r.get('elsewhere_peaks'))} |"
+                           for r in det["size"]])
         if det.get("reconstruct"):
             out += _table("Healthy reconstruction of healthy synthetic brains (`reconstruct` defaults)",
                           ["input", "strength", "steps", "PSNR", "SSIM", "seconds"],
