@@ -163,6 +163,13 @@ def reconstruct(
               process, _record_dir(suffix), predictor.sha256)
 
 
+def _seed_note(min_ml: float | dict) -> str:
+    """What an empty detect result does not rule out: lesions whose score component above the seed level
+    is smaller than the (per-contrast) seed volume."""
+    sizes = (", ".join(f"{c} {v:g}" for c, v in min_ml.items()) if isinstance(min_ml, dict) else f"{min_ml:g}")
+    return f"a finding needs a seed component of at least {sizes} mL; smaller or fainter lesions go unreported"
+
+
 @handle_errors
 def detect(
     inputs: list[Path] | None = typer.Argument(None, help="Scans: files, folders, or both."),
@@ -243,7 +250,8 @@ def detect(
             save_overlay_png(vol.data, res.score_map, res.mask, vol.affine, paths["png"], centre,
                              title=f"{case.name}: {res.report['total_lesion_ml']:.1f} mL")
         print(f"{case}: {res.report['n_components']} finding(s), {res.report['total_lesion_ml']:.2f} mL, "
-              f"threshold {res.report['threshold']:.4g}, {res.seconds:.1f} s -> {paths['mask']}")
+              f"threshold {res.report['threshold']:.4g}, {res.seconds:.1f} s -> {paths['mask']}"
+              + ("" if res.report["n_components"] else f" ({_seed_note(res.report['min_component_ml'])})"))
         return CaseOutcome(case, outputs={k: str(v) for k, v in paths.items()},
                            numbers={"total_lesion_ml": res.report["total_lesion_ml"],
                                     "n_components": res.report["n_components"], "seconds": round(res.seconds, 2)})

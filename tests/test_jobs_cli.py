@@ -167,6 +167,8 @@ def test_detect_writes_mask_map_report_and_overlay(model_dir, tmp_path):
         assert key in report
     assert report["model_sha256"] == model_sha(model_dir) and report["contrast"] == "t2"
     assert report["threshold_source"].startswith("calibrated")
+    note = f"a finding needs a seed component of at least {report['min_component_ml']:g} mL"
+    assert (note in " ".join(res.stdout.split())) == (report["n_components"] == 0)
     for c in report["components"]:
         assert {"volume_ml", "centroid_mm", "max_score", "mean_score"} <= set(c)
     assert png.read_bytes()[:8] == PNG_MAGIC
@@ -233,6 +235,10 @@ def test_detect_one_subject_several_contrasts(model_dir, tmp_path):
     report = json.loads((tmp_path / "out" / "subj_t2_report.json").read_text())
     assert report["contrast"] == "t2+flair" and set(report["per_contrast"]) == {"t2", "flair"}
     assert report["threshold"] == 1.0
+    # each contrast seeds with its own smallest component, and the report names each
+    assert report["min_component_ml"] == {c: report["per_contrast"][c]["min_component_ml"] for c in ("t2", "flair")}
+    if report["n_components"] == 0:  # an empty result says what it does not rule out
+        assert "a finding needs a seed component of at least t2 " in " ".join(res.stdout.split())
     ref = nib.load(str(t2))
     m = nib.load(str(tmp_path / "out" / "subj_t2_mask.nii.gz"))
     assert m.shape == ref.shape and m.get_data_dtype() == np.uint8

@@ -526,7 +526,8 @@ class Predictor:
             return float(table[contrast])
         return float(cal.get("min_volume_ml", DetectConfig().min_volume_ml))
 
-    def _report(self, volume: Volume, settings: dict, components: list, min_volume_ml: float, start: float) -> dict:
+    def _report(self, volume: Volume, settings: dict, components: list, min_volume_ml: float | dict,
+                start: float) -> dict:
         report = {
             "input": str(volume.path) if volume.path else None,
             **{k: settings[k] for k in ("contrast", "polarity", "threshold", "threshold_source", "grow_threshold")},
@@ -614,7 +615,6 @@ class Predictor:
                 raise InputError(f"--threshold must be auto or a number, got {threshold!r}") from None
         if grow not in (None, "auto", "off"):
             raise InputError("with several contrasts --grow must be auto or off")
-        min_ml = self._min_volume(min_volume_ml)
         combined, keep, per, grown = None, np.zeros(ref.shape, dtype=bool), {}, False
         for name, vol in items:
             score_map, _, settings, grow_mask = self._score(vol, threshold="auto", ensemble=ensemble, strengths=None,
@@ -637,7 +637,8 @@ class Predictor:
                     "threshold_source": "each contrast's map divided by its calibrated threshold",
                     "grow_threshold": "per contrast" if grown else None,
                     "ensemble": ensemble, "strengths": None, "steps": steps}
-        report = self._report(ref, settings, components, min_ml, start)
+        # each contrast seeds with its own smallest component, so the report names them per contrast
+        report = self._report(ref, settings, components, {n: v["min_component_ml"] for n, v in per.items()}, start)
         report["inputs"] = {name: str(v.path) if v.path else None for name, v in items}
         report["per_contrast"] = per
         return DetectResult(score_map=combined.astype(np.float32), mask=keep.astype(np.uint8), report=report,
