@@ -26,8 +26,8 @@ default model (or `--weights`), as the commands do.
   reached, found / reference mL and pooled Dice, to show the smallest tumour a contrast's calibration finds
   (its seed-volume candidates). Beside them each tumour's score peak over the seed level, and the peak of the
   rest of its brain (more than 10 voxels away): a tumour whose peak stays below 1 cannot seed whatever seed
-  volume calibration picks, so the score, not the calibration, misses it. Rows are kept per model sha256 and calibration pick, so a run with
-  `--detect-weights` (another calibration) adds its rows beside the shipped one's.
+  volume calibration picks, so the score, not the calibration, misses it. Rows are kept per model sha256 and
+  calibration pick, so a run with `--detect-weights` (another calibration) adds its rows beside the shipped one's.
 * reconstruct: PSNR/SSIM of `medhdiff reconstruct` (its defaults) of held-out synthetic healthy
   brains against themselves.
 * inpaint: a 12 mm-radius ball of healthy tissue in TCGA-DU-7294's T1, T2 and FLAIR (the brain voxel
@@ -47,7 +47,7 @@ import numpy as np
 from rich.console import Console
 from scipy import ndimage
 
-from common import RESULTS_DIR, TUMOUR, machine, measure, pick_label, require_data, save_results
+from common import RESULTS_DIR, TUMOUR, TumourTally, machine, measure, pick_label, require_data, save_results
 
 CASE = "TCGA-DU-7294"
 HEALTHY_SEED = 700_000
@@ -266,9 +266,7 @@ def main() -> None:
             h = cal.get("hysteresis", {}).get(contrast)
             pick = "" if h is None else pick_label(h, cal.get("min_volume_ml"))
             for k, (lo, hi) in enumerate(SIZE_RANGES_ML):
-                inter = sizes = reached = 0
-                found_ml = reference_ml = 0.0
-                peaks, elsewhere = [], []
+                tally, peaks, elsewhere = TumourTally(), [], []
                 for seed, vol, brain, ref in synthetic_tumours(contrast, SIZE_SEED + 1000 * k, args.size_n,
                                                                (0.01, 0.02), (lo, hi)):
                     r = det_pred.detect(vol, contrast=contrast, mask=brain)
@@ -276,17 +274,14 @@ def main() -> None:
                     peak, other = score_peaks(r.score_map, r.report["threshold"], brain, ref)
                     peaks.append(peak)
                     elsewhere.append(other)
-                    inter += int((found & ref).sum())
-                    sizes += int(found.sum() + ref.sum())
-                    reached += bool((found & ref).any())
-                    found_ml += r.report["total_lesion_ml"]
-                    reference_ml += float(ref.sum()) * vol.voxel_volume_ml
+                    tally.add(found, ref, vol.voxel_volume_ml)
                     log(f"{contrast} {lo:g}-{hi:g} mL seed {seed}: {ref.sum() * vol.voxel_volume_ml:.1f} mL, found "
                         f"{r.report['total_lesion_ml']:.1f} mL, Dice {dice(found, ref):.3f}; score peak over the seed "
                         f"level {peak:.2f} in the tumour, {other:.2f} elsewhere")
                 row = {"contrast": contrast, "model_sha256": det_pred.sha256[:12], "pick": pick,
-                       "size_ml": [lo, hi], "tumours": args.size_n, "reached": reached, "found_ml": round(found_ml, 1),
-                       "reference_ml": round(reference_ml, 1), "pooled_dice": round(2.0 * inter / max(sizes, 1), 3),
+                       "size_ml": [lo, hi], "tumours": args.size_n, "reached": tally.reached,
+                       "found_ml": round(tally.found_ml, 1), "reference_ml": round(tally.reference_ml, 1),
+                       "pooled_dice": round(tally.pooled_dice, 3),
                        "tumour_peaks": [round(p, 2) for p in peaks], "elsewhere_peaks": [round(p, 2) for p in elsewhere],
                        "commit": payload["runs"][-1]["commit"]}
                 rows.append(row)

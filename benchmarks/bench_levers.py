@@ -93,8 +93,8 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from common import (CASES, RESULTS_DIR, ROOT, TUMOUR, add_rician, machine, measure, noise_seed, opening_summary,
-                    pick_label, require_data, save_results)
+from common import (CASES, RESULTS_DIR, ROOT, TUMOUR, TumourTally, add_rician, machine, measure, noise_seed,
+                    opening_summary, pick_label, require_data, save_results)
 
 CASE = "TCGA-DU-7294"
 
@@ -398,24 +398,18 @@ def _pick_and_apply(cal: list[dict], dev: list[dict], d, n_cal_healthy: int, n_d
 
     fp = [float(found(c).sum()) * voxel_ml for c in dev_h]
     margins = [_seed_margin(scored(c), pick["threshold"], voxel_ml, pick["seed_min_volume_ml"]) for c in dev_h]
-    inter = sizes = reached = 0
-    found_ml = reference_ml = 0.0
+    tally = TumourTally()
     for c in dev_t:
-        k = found(c)
-        inter += int((k & c["ref"]).sum())
-        sizes += int(k.sum() + c["ref"].sum())
-        reached += bool((k & c["ref"]).any())
-        found_ml += float(k.sum()) * voxel_ml
-        reference_ml += float(c["ref"].sum()) * voxel_ml
+        tally.add(found(c), c["ref"], voxel_ml)
     return {"pick": pick_label(pick),
             "calibration_dice": pick["dice"], "useful": pick.get("useful", True), "healthy": len(fp),
             "healthy_with_finding": sum(v > 0 for v in fp), "worst_healthy_ml": round(max(fp), 2),
             "mean_healthy_ml": round(float(np.mean(fp)), 3),
             "worst_healthy_margin": round(max(margins), 3), "healthy_margins_top3": sorted(
                 (round(m, 3) for m in margins), reverse=True)[:3],
-            "tumours": len(dev_t), "tumours_reached": reached,
-            "found_ml": round(found_ml, 1), "reference_ml": round(reference_ml, 1),
-            "pooled_dice": round(2.0 * inter / max(sizes, 1), 3)}
+            "tumours": len(dev_t), "tumours_reached": tally.reached,
+            "found_ml": round(tally.found_ml, 1), "reference_ml": round(tally.reference_ml, 1),
+            "pooled_dice": round(tally.pooled_dice, 3)}
 
 
 def _seed_margin(score: np.ndarray, threshold: float, voxel_ml: float, min_volume_ml: float) -> float:

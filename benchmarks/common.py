@@ -143,3 +143,26 @@ def pick_label(pick: dict, min_volume_ml: float | None = None) -> str:
     volume = pick.get("seed_min_volume_ml", min_volume_ml)
     return (f"p{pick['seed_percentile']} ({volume} mL seeds) / p{pick['grow_percentile']}"
             + ("" if q is None else f" + intensity p{q}"))
+
+
+class TumourTally:
+    """Detection on a set of tumour brains pooled: tumours reached, found and reference mL, pooled Dice
+    (twice the summed overlap over the summed volumes, so a large tumour weighs more than a small one)."""
+
+    def __init__(self) -> None:
+        self.inter = self.sizes = self.reached = 0
+        self.found_ml = self.reference_ml = 0.0
+
+    def add(self, found: np.ndarray, ref: np.ndarray, voxel_ml: float) -> None:
+        """One brain's finding mask ``found`` against its tumour ``ref`` (boolean, same grid)."""
+        overlap = int((found & ref).sum())
+        self.inter += overlap
+        self.sizes += int(found.sum() + ref.sum())
+        self.reached += overlap > 0
+        self.found_ml += float(found.sum()) * voxel_ml
+        self.reference_ml += float(ref.sum()) * voxel_ml
+
+    @property
+    def pooled_dice(self) -> float:
+        return 2.0 * self.inter / max(self.sizes, 1)
+

@@ -55,6 +55,16 @@ def _fmt(v, nd=2) -> str:
     return "" if v is None else f"{v:.{nd}f}"
 
 
+def _development(r: dict) -> str:
+    """The cells a pick scored on development brains shares between bench_levers' tables (calibration Dice,
+    healthy brains with a finding, the worst, the worst margins, tumours reached, found / reference mL,
+    pooled Dice), closing the row."""
+    return (f"{r['calibration_dice']:.3f} | {r['healthy_with_finding']} of {r['healthy']} | "
+            f"{r['worst_healthy_ml']:.2f} | {', '.join(f'{m:.2f}' for m in r.get('healthy_margins_top3', []))} | "
+            f"{r['tumours_reached']} of {r['tumours']} | {r['found_ml']:.1f} / {r['reference_ml']:.1f} | "
+            f"{r['pooled_dice']:.3f} |")
+
+
 def _peaks(values: list | None) -> str:
     """A size row's per-tumour score peaks, smallest tumour first (blank for rows measured before they were)."""
     return "" if not values else ", ".join(f"{v:.2f}" for v in values)
@@ -186,12 +196,8 @@ def levers_section(lv: dict) -> list[str]:
                        "tumours reached", "found / reference mL", "pooled Dice"],
                       [f"| {r['contrast']} | {r['smooth_mm']:g} | {r.get('calibration_healthy', 8)} | "
                        f"{', '.join(f'{v:g}' for v in r.get('seed_volumes_ml', SEED_VOLUMES_BEFORE_STOP23))} | "
-                       f"{r['pick']}{'' if r.get('useful', True) else ' (not useful)'} | "
-                       f"{r['calibration_dice']:.3f} | "
-                       f"{r['healthy_with_finding']} of {r['healthy']} | {r['worst_healthy_ml']:.2f} | "
-                       f"{', '.join(f'{m:.2f}' for m in r.get('healthy_margins_top3', []))} | "
-                       f"{r['tumours_reached']} of {r['tumours']} | {r['found_ml']:.1f} / {r['reference_ml']:.1f} | "
-                       f"{r['pooled_dice']:.3f} |" for r in lv["score_smooth"]])
+                       f"{r['pick']}{'' if r.get('useful', True) else ' (not useful)'} | {_development(r)}"
+                       for r in lv["score_smooth"]])
     if lv.get("cal_options"):
         out += _table("Detection: T2's calibration set and seed-volume grid (with its 8 mm smoothing), each option "
                       "picked as `medhdiff calibrate` picks and scored on development brains (32 healthy, seeds "
@@ -201,11 +207,8 @@ def levers_section(lv: dict) -> list[str]:
                        "calibration Dice", "healthy brains with a finding", "worst healthy mL",
                        "worst margins", "tumours reached", "found / reference mL", "pooled Dice"],
                       [f"| {r['option']} | {r['calibration_healthy']} | "
-                       f"{', '.join(f'{v:g}' for v in r['seed_min_volumes_ml'])} | {r['pick']} | "
-                       f"{r['calibration_dice']:.3f} | {r['healthy_with_finding']} of {r['healthy']} | "
-                       f"{r['worst_healthy_ml']:.2f} | {', '.join(f'{m:.2f}' for m in r['healthy_margins_top3'])} | "
-                       f"{r['tumours_reached']} of {r['tumours']} | {r['found_ml']:.1f} / {r['reference_ml']:.1f} | "
-                       f"{r['pooled_dice']:.3f} |" for r in lv["cal_options"]])
+                       f"{', '.join(f'{v:g}' for v in r['seed_min_volumes_ml'])} | {r['pick']} | {_development(r)}"
+                       for r in lv["cal_options"]])
     if lv.get("heal_adapt"):
         out += _table("Detection: the patch network adapted to each scan (heal-adapt; shipped calibration)",
                       ["input", "model", "found mL", "Dice @auto", "score p99 / p99.9 in the brain", "AUROC",
