@@ -9,6 +9,8 @@
     python benchmarks/bench_levers.py --sections score-scale [--cache /tmp/t2scores]
     python benchmarks/bench_levers.py --sections score-smooth [--contrasts t2 flair] [--cache /tmp/residuals]
     python benchmarks/bench_levers.py --sections cal-options --dev-healthy 32 [--cache /tmp/residuals]
+    python benchmarks/bench_levers.py --sections candidates --models detector runs/detector_t2/model --dev-healthy 32 \
+        [--contrasts t2 flair] [--cache /tmp/residuals]
 
 * tta: TCGA-DU-7294 T2 at 9 % Rician noise (the BM4D comparison input). medhdiff denoise (default steps,
   no test-time adaptation, as measured before adaptation existed) on the scan, on its left-right flip and on its anterior-posterior flip, each flipped back; PSNR/SSIM
@@ -77,6 +79,24 @@
   seed threshold (below 1: no finding; the closer to 1, the nearer it came). The rule, fixed before it
   was run: options whose pooled Dice is at least the shipped one's minus 0.03 are eligible; among them the
   fewest healthy brains with a finding, then the lowest worst margin, then the best pooled Dice.
+* candidates: detection models compared as each would ship (`--models detector DIR ...`; 'detector' is the
+  shipped detection model). Per model and contrast (`--contrasts`), every brain is reconstructed by that model
+  (cached under `--cache`/<its sha256's first 12 characters>): the calibration brains of configs/detector.yaml
+  (its healthy count per contrast: T2 16, FLAIR 8; 6 tumours), the development brains (`--dev-healthy` healthy
+  740000+, `--dev-tumours` tumours of 5-60 mL 740500+), `--dev-small` (8) small development tumours of 1-8 mL
+  (seeds 741000+, 1-2 % noise) and TCGA-DU-7294. The pick is made as `medhdiff calibrate` makes it, with the
+  shipped score settings (T2: scan-mean scale, 8 mm smoothing), and applied to the rest: healthy findings and
+  margins, tumours reached and pooled Dice, the small tumours' peaks over the seed level, and the real case's
+  Dice at the pick (model space). The rule, fixed before the first run (a T2-weighted fine-tune): a candidate
+  replaces the shipped detector only if
+  - T2: it marks no more of 32 development healthy brains than the shipped model and its worst margin stays
+    below 0.9; it reaches more of the 18 development tumours (5-60 mL and 1-8 mL together), with the 5-60 mL
+    pooled Dice at most 0.02 below the shipped model's;
+  - FLAIR: no more healthy brains with a finding, the 5-60 mL pooled Dice within 0.02 of the shipped model's,
+    and no fewer small tumours reached;
+  - TCGA-DU-7294 at the pick: T2 Dice at least 0.5, FLAIR at least 0.75 (the issue's targets);
+  and it ships only after `medhdiff calibrate` and bench_detect's held-out checks (healthy brains, sizes, the
+  real case) confirm it.
 
 Results go to benchmarks/results/levers.json (each section replaced when re-run); make_results.py adds
 them to RESULTS.md.
@@ -97,6 +117,7 @@ from common import (CASES, RESULTS_DIR, ROOT, TUMOUR, TumourTally, add_rician, m
                     opening_summary, pick_label, require_data, save_results)
 
 CASE = "TCGA-DU-7294"
+VOXEL_ML = 0.001  # model space is 1 mm
 
 
 def _model(spec: str, coarse: str = "matched"):
@@ -319,13 +340,10 @@ def _brain_sets(console: Console, pred, cfg, contrast: str, n_healthy: int, n_tu
     model-space ``mask``, ``inner`` (scored region), ``ref`` (the tumour) and ``bright`` (intensity regions)."""
     from bench_detect import healthy_synthetic, synthetic_tumours
 
-    from medhdiff.io import Volume
     from medhdiff.synth import HealthyBrainGenerator, load_builtin_labelmap
-    from medhdiff.tasks import Predictor
     from medhdiff.training.calibrate import LESION_ML
 
     d = cfg.detect
-    label = pred.class_label(contrast)
     labels, affine = load_builtin_labelmap()
 
     def calibration_brains():
@@ -344,72 +362,92 @@ def _brain_sets(console: Console, pred, cfg, contrast: str, n_healthy: int, n_tu
         for s, vol, brain, lesion in synthetic_tumours(contrast, DEV_SEED + 500, n_tumours, (0.01, 0.02), (5.0, 60.0)):
             yield "devt", s, vol.data, vol.affine, brain, lesion
 
-    def reconstructed(brains) -> list[dict]:
-        out = []
-        for tag, s, image, aff, brain, lesion in brains:
-            path = None if cache is None else cache / f"{contrast}_{tag}_{s}.npz"
-            if path is None or not path.is_file():
-                with measure() as m:
-                    prep = pred.prepare(Volume(image, aff), mask=brain)
-                    res, _ = pred.residuals(prep, label=label, ensemble=d.ensemble, strengths=d.strengths,
-                                            steps=d.steps, seed=s)
-                ref = (np.zeros(1, bool) if lesion is None else
-                       pred.preprocessor.to_model(lesion.astype(np.float32), prep.record, kind="mask") > 0)
-                bright = Predictor.bright_regions(prep.image, prep.mask, d.grow_intensity_percentiles)
-                item = {"residual": np.stack(res).astype(np.float32), "mask": prep.mask, "ref": ref,
-                        **{f"bright{k}": v for k, v in bright.items()}}
-                if path is not None:
-                    cache.mkdir(parents=True, exist_ok=True)
-                    np.savez_compressed(path, **item)
-                console.print(f"{contrast} {tag} {s}: reconstructed in {m.seconds:.0f} s")
-            else:
-                with np.load(path) as z:
-                    item = {k: z[k] for k in z.files}
-            item["bright"] = {float(k[6:]): v for k, v in item.items() if k.startswith("bright") and k != "bright"}
-            item["inner"] = Predictor.scored_region(item["mask"])
-            out.append(item)
-        return out
-
-    return reconstructed(calibration_brains()), reconstructed(development_brains())
+    return (_reconstructed(console, pred, d, contrast, calibration_brains(), cache),
+            _reconstructed(console, pred, d, contrast, development_brains(), cache))
 
 
-def _pick_and_apply(cal: list[dict], dev: list[dict], d, n_cal_healthy: int, n_dev_healthy: int, scored) -> dict:
-    """The (seed, grow, seed volume, intensity) pick made as ``medhdiff calibrate`` makes it on the calibration
-    brains ``cal`` (healthy first), applied to the development brains ``dev`` (healthy first). Each item has
-    ``inner``, ``mask``, ``ref`` and ``bright`` (model space, 1 mm); ``scored(item)`` gives its score map."""
+def _reconstructed(console: Console, pred, d, contrast: str, brains, cache: Path | None) -> list[dict]:
+    """Each brain ``(tag, seed, image, affine, brain mask or None, lesion or None)`` reconstructed once by ``pred``
+    with the detect settings ``d`` (cached per brain under ``cache``)."""
+    from medhdiff.io import Volume
     from medhdiff.tasks import Predictor
+
+    label = pred.class_label(contrast)
+    out = []
+    for tag, s, image, aff, brain, lesion in brains:
+        path = None if cache is None else cache / f"{contrast}_{tag}_{s}.npz"
+        if path is None or not path.is_file():
+            with measure() as m:
+                prep = pred.prepare(Volume(image, aff), mask=brain)
+                res, _ = pred.residuals(prep, label=label, ensemble=d.ensemble, strengths=d.strengths,
+                                        steps=d.steps, seed=s)
+            ref = (np.zeros(1, bool) if lesion is None else
+                   pred.preprocessor.to_model(lesion.astype(np.float32), prep.record, kind="mask") > 0)
+            bright = Predictor.bright_regions(prep.image, prep.mask, d.grow_intensity_percentiles)
+            item = {"residual": np.stack(res).astype(np.float32), "mask": prep.mask, "ref": ref,
+                    **{f"bright{k}": v for k, v in bright.items()}}
+            if path is not None:
+                cache.mkdir(parents=True, exist_ok=True)
+                np.savez_compressed(path, **item)
+            console.print(f"{contrast} {tag} {s}: reconstructed in {m.seconds:.0f} s")
+        else:
+            with np.load(path) as z:
+                item = {k: z[k] for k in z.files}
+        item["bright"] = {float(k[6:]): v for k, v in item.items() if k.startswith("bright") and k != "bright"}
+        item["inner"] = Predictor.scored_region(item["mask"])
+        out.append(item)
+    return out
+
+
+def _pick(cal: list[dict], d, n_cal_healthy: int, scored) -> dict:
+    """The (seed, grow, seed volume, intensity) pick made as ``medhdiff calibrate`` makes it on the calibration
+    brains ``cal`` (healthy first). Each item has ``inner``, ``mask``, ``ref`` and ``bright`` (model space,
+    1 mm); ``scored(item)`` gives its score map."""
     from medhdiff.training.calibrate import _pick_hysteresis
 
     cal_h, cal_t = cal[:n_cal_healthy], cal[n_cal_healthy:]
-    dev_h, dev_t = dev[:n_dev_healthy], dev[n_dev_healthy:]
-    voxel_ml = 0.001  # model space is 1 mm
     healthy = [scored(c) for c in cal_h]
     values = np.concatenate([h[c["inner"]] for h, c in zip(healthy, cal_h)])
-    pick = _pick_hysteresis(values, healthy, [(scored(c), c["ref"] & c["inner"]) for c in cal_t], d, voxel_ml,
+    return _pick_hysteresis(values, healthy, [(scored(c), c["ref"] & c["inner"]) for c in cal_t], d, VOXEL_ML,
                             [c["bright"] for c in cal_h], [c["bright"] for c in cal_t])
+
+
+def _found(pick: dict, item: dict, scored) -> np.ndarray:
+    """The mask ``detect`` forms from ``pick`` on one brain (model space)."""
+    from medhdiff.tasks import Predictor
+
+    sc = scored(item)
+    grow = sc > pick["grow_threshold"]
     q = pick["grow_intensity_percentile"]
+    if q is not None:
+        grow |= item["bright"][q]
+    return Predictor._findings(sc, pick["threshold"], VOXEL_ML, pick["seed_min_volume_ml"], grow) & item["mask"]
 
-    def found(item):
-        sc = scored(item)
-        grow = sc > pick["grow_threshold"]
-        if q is not None:
-            grow |= item["bright"][q]
-        return Predictor._findings(sc, pick["threshold"], voxel_ml, pick["seed_min_volume_ml"], grow) & item["mask"]
 
-    fp = [float(found(c).sum()) * voxel_ml for c in dev_h]
-    margins = [_seed_margin(scored(c), pick["threshold"], voxel_ml, pick["seed_min_volume_ml"]) for c in dev_h]
+def _apply(pick: dict, dev: list[dict], n_dev_healthy: int, scored) -> dict:
+    """``pick`` applied to the development brains ``dev`` (healthy first): healthy findings and margins, the
+    tumours pooled."""
+    dev_h, dev_t = dev[:n_dev_healthy], dev[n_dev_healthy:]
+    fp = [float(_found(pick, c, scored).sum()) * VOXEL_ML for c in dev_h]
+    margins = [_seed_margin(scored(c), pick["threshold"], VOXEL_ML, pick["seed_min_volume_ml"]) for c in dev_h]
     tally = TumourTally()
     for c in dev_t:
-        tally.add(found(c), c["ref"], voxel_ml)
-    return {"pick": pick_label(pick),
-            "calibration_dice": pick["dice"], "useful": pick.get("useful", True), "healthy": len(fp),
-            "healthy_with_finding": sum(v > 0 for v in fp), "worst_healthy_ml": round(max(fp), 2),
-            "mean_healthy_ml": round(float(np.mean(fp)), 3),
-            "worst_healthy_margin": round(max(margins), 3), "healthy_margins_top3": sorted(
+        tally.add(_found(pick, c, scored), c["ref"], VOXEL_ML)
+    return {"healthy": len(fp), "healthy_with_finding": sum(v > 0 for v in fp),
+            "worst_healthy_ml": round(max(fp, default=0.0), 2),
+            "mean_healthy_ml": round(float(np.mean(fp)) if fp else 0.0, 3),
+            "worst_healthy_margin": round(max(margins, default=0.0), 3), "healthy_margins_top3": sorted(
                 (round(m, 3) for m in margins), reverse=True)[:3],
             "tumours": len(dev_t), "tumours_reached": tally.reached,
             "found_ml": round(tally.found_ml, 1), "reference_ml": round(tally.reference_ml, 1),
             "pooled_dice": round(tally.pooled_dice, 3)}
+
+
+def _pick_and_apply(cal: list[dict], dev: list[dict], d, n_cal_healthy: int, n_dev_healthy: int, scored) -> dict:
+    """:func:`_pick` on the calibration brains, :func:`_apply` on the development brains: one row."""
+    pick = _pick(cal, d, n_cal_healthy, scored)
+    return {"pick": pick_label(pick), "calibration_dice": pick["dice"], "useful": pick.get("useful", True),
+            **_apply(pick, dev, n_dev_healthy, scored)}
 
 
 def _seed_margin(score: np.ndarray, threshold: float, voxel_ml: float, min_volume_ml: float) -> float:
@@ -611,11 +649,79 @@ def cal_options(console: Console, n_healthy: int, n_tumours: int, cache: Path | 
     return rows
 
 
+SMALL_SEED = DEV_SEED + 1000  # 741000+: small development tumours
+SMALL_ML = (1.0, 8.0)
+
+
+def candidates(console: Console, models: list[str], contrasts, n_healthy: int, n_tumours: int, n_small: int,
+               cache: Path | None) -> list[dict]:
+    """Detection models compared as each would ship: per model and contrast, the pick ``medhdiff calibrate``
+    would make with configs/detector.yaml's settings (its healthy count per contrast, score scale and
+    smoothing) on that model's own reconstructions of the calibration brains, applied to the development
+    brains, ``n_small`` small development tumours and TCGA-DU-7294."""
+    import copy
+
+    from bench_detect import score_peaks, synthetic_tumours
+
+    from medhdiff.io import load_volume
+    from medhdiff.tasks import Predictor
+    from medhdiff.training import load_config
+
+    base = load_config(ROOT / "configs" / "detector.yaml")
+    seg = load_volume(TUMOUR / CASE / "seg_consensus.nii.gz").data > 0
+    rows = []
+    for spec in models:
+        pred = Predictor(None if spec in ("shipped", "detector") else spec, device="cpu", model="detector")
+        where = None if cache is None else cache / pred.sha256[:12]  # one model's residuals never mix with another's
+        for contrast in contrasts:
+            cfg = copy.deepcopy(base)
+            cfg.detect.healthy_volumes = cfg.detect.healthy_count(contrast)
+            d = cfg.detect.for_contrast(contrast)
+            polarity = "bright" if contrast in ("t2", "flair") else "both"
+            scale = d.score_scale.get(contrast, "none")
+            mm = d.score_smooth_mm.get(contrast, 0.0)
+            cal, dev = _brain_sets(console, pred, cfg, contrast, n_healthy, n_tumours, where)
+            small = _reconstructed(console, pred, d, contrast, (
+                ("devs", s, vol.data, vol.affine, brain, lesion)
+                for s, vol, brain, lesion in synthetic_tumours(contrast, SMALL_SEED, n_small, (0.01, 0.02), SMALL_ML)),
+                where)
+            scan = load_volume(TUMOUR / CASE / f"{'fla' if contrast == 'flair' else contrast}.nii.gz")
+            real = _reconstructed(console, pred, d, contrast, [("real", 0, scan.data, scan.affine, None, seg)],
+                                  where)[0]
+
+            def scored(item):
+                if "score" not in item:  # each map serves the pick and the scoring
+                    sc = Predictor.residual_score(list(item["residual"]), item["mask"], polarity, mm)
+                    item["score"] = Predictor.scale_score(sc, item["inner"], scale)[0]
+                return item["score"]
+
+            pick = _pick(cal, d, d.healthy_volumes, scored)
+            small_row = _apply(pick, small, 0, scored)
+            mask = _found(pick, real, scored)
+            overlap = float((mask & real["ref"]).sum())
+            row = {"model": spec, "sha256": pred.sha256[:12], "contrast": contrast, "smooth_mm": mm,
+                   "score_scale": scale, "calibration_healthy": d.healthy_volumes, "pick": pick_label(pick),
+                   "calibration_dice": pick["dice"], "useful": pick.get("useful", True),
+                   **_apply(pick, dev, n_healthy, scored),
+                   "small_tumours": small_row["tumours"], "small_reached": small_row["tumours_reached"],
+                   "small_found_ml": small_row["found_ml"], "small_reference_ml": small_row["reference_ml"],
+                   "small_pooled_dice": small_row["pooled_dice"],
+                   "small_peaks": [round(score_peaks(scored(c), pick["threshold"], c["inner"], c["ref"])[0], 2)
+                                   for c in small],
+                   "real_case": CASE, "real_found_ml": round(float(mask.sum()) * VOXEL_ML, 1),
+                   "real_dice": round(2 * overlap / max(float(mask.sum() + real["ref"].sum()), 1.0), 3)}
+            rows.append(row)
+            console.print(row)
+            del cal, dev, small, real  # a model's brains are not kept while the next is reconstructed
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sections", nargs="+", default=["tta", "thick", "detect", "coarse"])
     ap.add_argument("--models", nargs="+", default=["shipped"],
-                    help="'shipped' or model folders (detect and coarse sections)")
+                    help="'shipped' (the default model), 'detector' (the shipped detection model) or model folders "
+                         "(detect, coarse and candidates sections; candidates reads 'shipped' as the detector)")
     ap.add_argument("--steps", type=int, default=None, help="detect: DDIM steps (default: the model's calibration)")
     ap.add_argument("--ensemble", type=int, default=None, help="detect: reconstructions per scan (default: calibration)")
     ap.add_argument("--strengths", type=float, nargs="+", default=None, help="detect: strengths (default: calibration)")
@@ -623,11 +729,13 @@ def main() -> None:
     ap.add_argument("--adapt-steps", type=int, default=40, help="heal-adapt: adaptation steps")
     ap.add_argument("--dev-healthy", type=int, default=16, help="opening: healthy development brains per contrast")
     ap.add_argument("--dev-tumours", type=int, default=10, help="opening: development tumours per contrast")
+    ap.add_argument("--dev-small", type=int, default=8,
+                    help="candidates: small development tumours (1-8 mL, seeds 741000+) per contrast")
     ap.add_argument("--cache", default=None,
                     help="score-scale, score-smooth: folder that keeps each brain's signed residuals (shared by both sections; "
                          "a re-run only re-picks)")
     ap.add_argument("--contrasts", nargs="+", default=["t2", "flair"], choices=["t2", "flair"],
-                    help="score-smooth: contrasts to measure")
+                    help="score-smooth, candidates: contrasts to measure")
     ap.add_argument("--smooths", nargs="+", type=float, default=list(SMOOTHS_MM), help="score-smooth: sigmas (mm)")
     ap.add_argument("--cal-healthy", type=int, default=None,
                     help="score-smooth: healthy calibration brains (default: configs/detector.yaml's)")
@@ -639,7 +747,7 @@ def main() -> None:
     payload = json.loads(path.read_text()) if path.is_file() else {}
     payload.setdefault("runs", []).append(machine())
     for spec in args.models:
-        if spec != "shipped" and not Path(spec).exists():
+        if spec not in ("shipped", "detector") and not Path(spec).exists():
             sys.exit(f"error: no model at {spec}")
     if "tta" in args.sections:
         payload["tta"] = tta(console)
@@ -677,6 +785,13 @@ def main() -> None:
         payload["cal_options"] = cal_options(console, args.dev_healthy, args.dev_tumours,
                                              Path(args.cache) if args.cache else None)
         save_results("levers", payload)
+    if "candidates" in args.sections:
+        rows = candidates(console, args.models, args.contrasts, args.dev_healthy, args.dev_tumours, args.dev_small,
+                          Path(args.cache) if args.cache else None)
+        ident = lambda r: (r["sha256"], r["contrast"])  # noqa: E731
+        keys = {ident(r) for r in rows}
+        payload["candidates"] = [r for r in payload.get("candidates", []) if ident(r) not in keys] + rows
+        save_results("levers", payload)
     if "heal-adapt" in args.sections:
         payload["heal_adapt"] = heal_adapt(console, args.adapt_steps)
         save_results("levers", payload)
@@ -686,7 +801,8 @@ def main() -> None:
 
 def _describe(spec: str) -> dict:
     """What a candidate model is (from its model.json): description and training steps."""
-    doc_path = (ROOT / "medhdiff" / "models" / "default" / "model.json") if spec == "shipped" else Path(spec) / "model.json"
+    shipped = {"shipped": "default", "detector": "detector"}
+    doc_path = (ROOT / "medhdiff" / "models" / shipped[spec] / "model.json") if spec in shipped else Path(spec) / "model.json"
     doc = json.loads(doc_path.read_text())
     return {"description": doc.get("description", ""), "sha256": doc.get("sha256", "")[:12],
             "steps": doc.get("training", {}).get("steps", {}),

@@ -209,6 +209,21 @@ def levers_section(lv: dict) -> list[str]:
                       [f"| {r['option']} | {r['calibration_healthy']} | "
                        f"{', '.join(f'{v:g}' for v in r['seed_min_volumes_ml'])} | {r['pick']} | {_development(r)}"
                        for r in lv["cal_options"]])
+    if lv.get("candidates"):
+        out += _table("Detection: candidate detection models, each picked as `medhdiff calibrate` would pick with "
+                      "configs/detector.yaml's settings on its own reconstructions of the calibration brains, and "
+                      "scored on development brains (healthy 740000+, tumours of 5-60 mL 740500+, small tumours "
+                      "of 1-8 mL 741000+) and TCGA-DU-7294 (Dice at the pick, model space). Peaks: each small "
+                      "tumour's highest score over the seed level (below 1, no seed starts there)",
+                      ["model", "contrast", "calibrated pick", "calibration Dice", "healthy brains with a finding",
+                       "worst healthy mL", "worst margins", "tumours reached", "found / reference mL",
+                       "pooled Dice", "small tumours reached", "small pooled Dice", "small peaks",
+                       "TCGA-DU-7294 Dice (found mL)"],
+                      [f"| {r['model']} ({r['sha256']}) | {r['contrast']} | "
+                       f"{r['pick']}{'' if r.get('useful', True) else ' (not useful)'} | {_development(r)[:-2]} | "
+                       f"{r['small_reached']} of {r['small_tumours']} | {r['small_pooled_dice']:.3f} | "
+                       f"{_peaks(sorted(r['small_peaks']))} | {r['real_dice']:.3f} ({r['real_found_ml']:.1f}) |"
+                       for r in lv["candidates"]])
     if lv.get("heal_adapt"):
         out += _table("Detection: the patch network adapted to each scan (heal-adapt; shipped calibration)",
                       ["input", "model", "found mL", "Dice @auto", "score p99 / p99.9 in the brain", "AUROC",
