@@ -788,9 +788,11 @@ def main() -> None:
     if "candidates" in args.sections:
         rows = candidates(console, args.models, args.contrasts, args.dev_healthy, args.dev_tumours, args.dev_small,
                           Path(args.cache) if args.cache else None)
+        # one run per model may go on side by side: re-read the file and replace only this run's rows
+        latest = json.loads(path.read_text()) if path.is_file() else {}
         ident = lambda r: (r["sha256"], r["contrast"])  # noqa: E731
         keys = {ident(r) for r in rows}
-        payload["candidates"] = [r for r in payload.get("candidates", []) if ident(r) not in keys] + rows
+        payload["candidates"] = [r for r in latest.get("candidates", []) if ident(r) not in keys] + rows
         save_results("levers", payload)
     if "heal-adapt" in args.sections:
         payload["heal_adapt"] = heal_adapt(console, args.adapt_steps)
