@@ -235,6 +235,21 @@ def levers_section(lv: dict) -> list[str]:
     return out + ["Runs:"] + _runs(lv) + [""]
 
 
+def _separation(sep: dict) -> list[str]:
+    """bench_separation.py: each model's T2 seed levels, no threshold chosen."""
+    out = _table("Detection: T2 separation with no threshold (bench_separation.py). Seed level: the highest score "
+                 "level at which a brain has a seed component of T2's largest seed volume (for a tumour brain, at "
+                 "the tumour); a tumour above every healthy brain could be found without marking one",
+                 ["model", "seed volume mL", "calibration brains' max", "every healthy brain's max",
+                  "development healthy above the calibration max", "tumours 5-60 mL above every healthy",
+                  "tumours 1-8 mL above every healthy", "TCGA-DU-7294 above every healthy"],
+                 [f"| {r['model']} ({r['sha256']}) | {r['seed_volume_ml']:g} | {r['calibration_max']:.2f} | "
+                  f"{r['healthy_max']:.2f} | {r['development_above_calibration_max']} of {r['development_healthy']} | "
+                  f"{r['devt_above_healthy']} of {r['devt_n']} | {r['devs_above_healthy']} of {r['devs_n']} | "
+                  f"{r['real_above_healthy']} of {r['real_n']} |" for r in sep["rows"]])
+    return out + ["Runs:"] + _runs(sep) + [""]
+
+
 def main() -> None:
     den, det, speed = _load("denoise"), _load("detect"), _load("speed")
     out = ["# Benchmark results", "",
@@ -364,6 +379,9 @@ def main() -> None:
     levers = _load("levers")
     if levers:
         out += levers_section(levers)
+    separation = _load("separation")
+    if separation:
+        out += _separation(separation)
     out[4:4] = ["## Targets", "", "| target | measured | status |", "|---|---|---|", *targets, ""]
     (ROOT / "benchmarks" / "RESULTS.md").write_text("\n".join(out) + "\n")
     print("\n".join(out))
