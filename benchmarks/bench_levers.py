@@ -399,6 +399,25 @@ def _reconstructed(console: Console, pred, d, contrast: str, brains, cache: Path
     return out
 
 
+def _scorer(d, contrast: str, smooth_mm: float | None = None, key: str = "score"):
+    """``scored(item)``: a brain's score map formed from its signed residuals as ``detect`` forms it (the
+    contrast's polarity, ``d``'s score scale and smoothing, or ``smooth_mm``), kept in ``item[key]`` because
+    each map serves the pick and again the scoring."""
+    from medhdiff.tasks.predictor import BRIGHT_LESION_CONTRASTS, Predictor
+
+    polarity = "bright" if contrast in BRIGHT_LESION_CONTRASTS else "both"
+    scale = d.score_scale.get(contrast, "none")
+    mm = d.score_smooth_mm.get(contrast, 0.0) if smooth_mm is None else smooth_mm
+
+    def scored(item: dict) -> np.ndarray:
+        if key not in item:
+            sc = Predictor.residual_score(list(item["residual"]), item["mask"], polarity, mm)
+            item[key] = Predictor.scale_score(sc, item["inner"], scale)[0]
+        return item[key]
+
+    return scored
+
+
 def _pick(cal: list[dict], d, n_cal_healthy: int, scored) -> dict:
     """The (seed, grow, seed volume, intensity) pick made as ``medhdiff calibrate`` makes it on the calibration
     brains ``cal`` (healthy first). Each item has ``inner``, ``mask``, ``ref`` and ``bright`` (model space,
@@ -487,17 +506,10 @@ def score_smooth(console: Console, n_healthy: int, n_tumours: int, cache: Path |
     pred = Predictor(None, device="cpu", model="detector")
     rows = []
     for contrast in contrasts:
-        polarity = "bright" if contrast in ("t2", "flair") else "both"
         scale = d.score_scale.get(contrast, "none")
         cal, dev = _brain_sets(console, pred, cfg, contrast, n_healthy, n_tumours, cache)
         for mm in smooths:
-            def scored(item, mm=mm):
-                key = f"score{mm}"
-                if key not in item:  # each brain's map is used by the pick and again by the development scoring
-                    sc = Predictor.residual_score(list(item["residual"]), item["mask"], polarity, mm)
-                    item[key] = Predictor.scale_score(sc, item["inner"], scale)[0]
-                return item[key]
-
+            scored = _scorer(d, contrast, mm, key=f"score{mm}")
             row = {"contrast": contrast, "smooth_mm": mm, "score_scale": scale, "calibration_healthy": d.healthy_volumes,
                    "seed_volumes_ml": list(d.seed_volumes(contrast)),
                    **_pick_and_apply(cal, dev, d.for_contrast(contrast), d.healthy_volumes, n_healthy, scored)}
@@ -624,16 +636,10 @@ def cal_options(console: Console, n_healthy: int, n_tumours: int, cache: Path | 
     n_cal = max(n for n, _ in CAL_OPTIONS.values())
     cfg.detect.healthy_volumes = n_cal  # draw (or read from the cache) the largest calibration set once
     pred = Predictor(None, device="cpu", model="detector")
-    polarity = "bright" if contrast in ("t2", "flair") else "both"
     scale = cfg.detect.score_scale.get(contrast, "none")
     mm = cfg.detect.score_smooth_mm.get(contrast, 0.0)
     cal, dev = _brain_sets(console, pred, cfg, contrast, n_healthy, n_tumours, cache)
-
-    def scored(item):
-        if "score" not in item:  # each map is used by every option's pick and again by the development scoring
-            sc = Predictor.residual_score(list(item["residual"]), item["mask"], polarity, mm)
-            item["score"] = Predictor.scale_score(sc, item["inner"], scale)[0]
-        return item["score"]
+    scored = _scorer(cfg.detect, contrast)  # each option's pick reads the same maps
 
     rows = []
     for name, (n, volumes) in CAL_OPTIONS.items():
@@ -664,6 +670,7 @@ def candidates(console: Console, models: list[str], contrasts, n_healthy: int, n
     from bench_detect import score_peaks, synthetic_tumours
 
     from medhdiff.io import load_volume
+    from medhdiff.metrics import dice
     from medhdiff.tasks import Predictor
     from medhdiff.training import load_config
 
@@ -671,15 +678,12 @@ def candidates(console: Console, models: list[str], contrasts, n_healthy: int, n
     seg = load_volume(TUMOUR / CASE / "seg_consensus.nii.gz").data > 0
     rows = []
     for spec in models:
-        pred = Predictor(None if spec in ("shipped", "detector") else spec, device="cpu", model="detector")
+        pred = Predictor(None if spec == "detector" else spec, device="cpu", model="detector")
         where = None if cache is None else cache / pred.sha256[:12]  # one model's residuals never mix with another's
         for contrast in contrasts:
             cfg = copy.deepcopy(base)
             cfg.detect.healthy_volumes = cfg.detect.healthy_count(contrast)
             d = cfg.detect.for_contrast(contrast)
-            polarity = "bright" if contrast in ("t2", "flair") else "both"
-            scale = d.score_scale.get(contrast, "none")
-            mm = d.score_smooth_mm.get(contrast, 0.0)
             cal, dev = _brain_sets(console, pred, cfg, contrast, n_healthy, n_tumours, where)
             small = _reconstructed(console, pred, d, contrast, (
                 ("devs", s, vol.data, vol.affine, brain, lesion)
@@ -688,19 +692,12 @@ def candidates(console: Console, models: list[str], contrasts, n_healthy: int, n
             scan = load_volume(TUMOUR / CASE / f"{'fla' if contrast == 'flair' else contrast}.nii.gz")
             real = _reconstructed(console, pred, d, contrast, [("real", 0, scan.data, scan.affine, None, seg)],
                                   where)[0]
-
-            def scored(item):
-                if "score" not in item:  # each map serves the pick and the scoring
-                    sc = Predictor.residual_score(list(item["residual"]), item["mask"], polarity, mm)
-                    item["score"] = Predictor.scale_score(sc, item["inner"], scale)[0]
-                return item["score"]
-
+            scored = _scorer(d, contrast)
             pick = _pick(cal, d, d.healthy_volumes, scored)
             small_row = _apply(pick, small, 0, scored)
             mask = _found(pick, real, scored)
-            overlap = float((mask & real["ref"]).sum())
-            row = {"model": spec, "sha256": pred.sha256[:12], "contrast": contrast, "smooth_mm": mm,
-                   "score_scale": scale, "calibration_healthy": d.healthy_volumes, "pick": pick_label(pick),
+            row = {"model": spec, "sha256": pred.sha256[:12], "contrast": contrast,
+                   "smooth_mm": d.score_smooth_mm.get(contrast, 0.0), "score_scale": d.score_scale.get(contrast, "none"), "calibration_healthy": d.healthy_volumes, "pick": pick_label(pick),
                    "calibration_dice": pick["dice"], "useful": pick.get("useful", True),
                    **_apply(pick, dev, n_healthy, scored),
                    "small_tumours": small_row["tumours"], "small_reached": small_row["tumours_reached"],
@@ -709,7 +706,7 @@ def candidates(console: Console, models: list[str], contrasts, n_healthy: int, n
                    "small_peaks": [round(score_peaks(scored(c), pick["threshold"], c["inner"], c["ref"])[0], 2)
                                    for c in small],
                    "real_case": CASE, "real_found_ml": round(float(mask.sum()) * VOXEL_ML, 1),
-                   "real_dice": round(2 * overlap / max(float(mask.sum() + real["ref"].sum()), 1.0), 3)}
+                   "real_dice": round(dice(mask, real["ref"]), 3)}
             rows.append(row)
             console.print(row)
             del cal, dev, small, real  # a model's brains are not kept while the next is reconstructed
@@ -720,8 +717,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sections", nargs="+", default=["tta", "thick", "detect", "coarse"])
     ap.add_argument("--models", nargs="+", default=["shipped"],
-                    help="'shipped' (the default model), 'detector' (the shipped detection model) or model folders "
-                         "(detect, coarse and candidates sections; candidates reads 'shipped' as the detector)")
+                    help="'shipped' (the default model), 'detector' (the shipped detection model; candidates) "
+                         "or model folders (detect, coarse and candidates sections)")
     ap.add_argument("--steps", type=int, default=None, help="detect: DDIM steps (default: the model's calibration)")
     ap.add_argument("--ensemble", type=int, default=None, help="detect: reconstructions per scan (default: calibration)")
     ap.add_argument("--strengths", type=float, nargs="+", default=None, help="detect: strengths (default: calibration)")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from bench_levers import VOXEL_ML, _seed_margin
+from bench_levers import VOXEL_ML, _describe, _scorer, _seed_margin
 from common import ROOT, machine, save_results
 
 TAGS = {"calh": "calibration healthy", "devh": "development healthy", "devt": "tumours 5-60 mL",
@@ -41,11 +41,6 @@ def seed_level(score: np.ndarray, volume_ml: float, near: np.ndarray | None = No
     return _seed_margin(score, 1.0, VOXEL_ML, volume_ml)
 
 
-def model_sha(spec: str) -> str:
-    doc = (ROOT / "medhdiff" / "models" / "detector" / "model.json") if spec == "detector" else Path(spec) / "model.json"
-    return json.loads(doc.read_text())["sha256"][:12]
-
-
 def main() -> None:
     from medhdiff.tasks import Predictor
     from medhdiff.training import load_config
@@ -56,11 +51,11 @@ def main() -> None:
     args = ap.parse_args()
     d = load_config(ROOT / "configs" / "detector.yaml").detect
     contrast = "t2"
-    scale, mm = d.score_scale.get(contrast, "none"), d.score_smooth_mm.get(contrast, 0.0)
+    scored = _scorer(d, contrast)
     volume = max(d.seed_volumes(contrast) or (d.min_volume_ml,))
     rows = []
     for spec in args.models:
-        sha = model_sha(spec)
+        sha = _describe(spec)["sha256"]
         root = Path(args.cache) / sha
         levels: dict[str, list[float]] = {}
         for tag in TAGS:
@@ -70,10 +65,10 @@ def main() -> None:
             levels[tag] = []
             for f in files:
                 with np.load(f) as z:
-                    residual, mask, ref = z["residual"], z["mask"], z["ref"]
-                inner = Predictor.scored_region(mask)
-                sc = Predictor.scale_score(Predictor.residual_score(list(residual), mask, "bright", mm), inner, scale)[0]
-                levels[tag].append(round(seed_level(sc, volume, None if tag in ("calh", "devh") else ref), 3))
+                    item = {k: z[k] for k in ("residual", "mask", "ref")}
+                item["inner"] = Predictor.scored_region(item["mask"])
+                near = None if tag in ("calh", "devh") else item["ref"]
+                levels[tag].append(round(seed_level(scored(item), volume, near), 3))
         top = max(levels["calh"] + levels["devh"])
         cal_top = max(levels["calh"])
         row = {"model": spec, "sha256": sha, "contrast": contrast, "seed_volume_ml": volume,

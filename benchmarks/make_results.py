@@ -55,14 +55,18 @@ def _fmt(v, nd=2) -> str:
     return "" if v is None else f"{v:.{nd}f}"
 
 
+#: The columns of a pick scored on development brains, shared by bench_levers' tables (:func:`_development`).
+DEVELOPMENT_HEADER = ["calibrated pick", "calibration Dice", "healthy brains with a finding", "worst healthy mL",
+                      "worst margins", "tumours reached", "found / reference mL", "pooled Dice"]
+
+
 def _development(r: dict) -> str:
-    """The cells a pick scored on development brains shares between bench_levers' tables (calibration Dice,
-    healthy brains with a finding, the worst, the worst margins, tumours reached, found / reference mL,
-    pooled Dice), closing the row."""
-    return (f"{r['calibration_dice']:.3f} | {r['healthy_with_finding']} of {r['healthy']} | "
-            f"{r['worst_healthy_ml']:.2f} | {', '.join(f'{m:.2f}' for m in r.get('healthy_margins_top3', []))} | "
+    """The cells of ``DEVELOPMENT_HEADER`` for one bench_levers row (no leading or closing bar)."""
+    return (f"{r['pick']}{'' if r.get('useful', True) else ' (not useful)'} | {r['calibration_dice']:.3f} | "
+            f"{r['healthy_with_finding']} of {r['healthy']} | {r['worst_healthy_ml']:.2f} | "
+            f"{', '.join(f'{m:.2f}' for m in r.get('healthy_margins_top3', []))} | "
             f"{r['tumours_reached']} of {r['tumours']} | {r['found_ml']:.1f} / {r['reference_ml']:.1f} | "
-            f"{r['pooled_dice']:.3f} |")
+            f"{r['pooled_dice']:.3f}")
 
 
 def _peaks(values: list | None) -> str:
@@ -191,23 +195,18 @@ def levers_section(lv: dict) -> list[str]:
                       "(`detect.score_smooth_mm`, Gaussian sigma), each option calibrated on the calibration brains "
                       "with the contrast's shipped score scale, scored on development brains (seeds 740000+ "
                       "healthy, 740500+ tumours)",
-                      ["contrast", "sigma mm", "healthy calibration brains", "seed volumes mL", "calibrated pick",
-                       "calibration Dice", "healthy brains with a finding", "worst healthy mL", "worst margins",
-                       "tumours reached", "found / reference mL", "pooled Dice"],
+                      ["contrast", "sigma mm", "healthy calibration brains", "seed volumes mL", *DEVELOPMENT_HEADER],
                       [f"| {r['contrast']} | {r['smooth_mm']:g} | {r.get('calibration_healthy', 8)} | "
                        f"{', '.join(f'{v:g}' for v in r.get('seed_volumes_ml', SEED_VOLUMES_BEFORE_STOP23))} | "
-                       f"{r['pick']}{'' if r.get('useful', True) else ' (not useful)'} | {_development(r)}"
-                       for r in lv["score_smooth"]])
+                       f"{_development(r)} |" for r in lv["score_smooth"]])
     if lv.get("cal_options"):
         out += _table("Detection: T2's calibration set and seed-volume grid (with its 8 mm smoothing), each option "
                       "picked as `medhdiff calibrate` picks and scored on development brains (32 healthy, seeds "
                       "740000+; 10 tumours, 740500+). Margin: the highest score level at which a healthy brain has a "
                       "seed component of the picked volume, over the seed level (1 or more: a finding)",
-                      ["option", "healthy calibration brains", "seed volumes mL", "calibrated pick",
-                       "calibration Dice", "healthy brains with a finding", "worst healthy mL",
-                       "worst margins", "tumours reached", "found / reference mL", "pooled Dice"],
+                      ["option", "healthy calibration brains", "seed volumes mL", *DEVELOPMENT_HEADER],
                       [f"| {r['option']} | {r['calibration_healthy']} | "
-                       f"{', '.join(f'{v:g}' for v in r['seed_min_volumes_ml'])} | {r['pick']} | {_development(r)}"
+                       f"{', '.join(f'{v:g}' for v in r['seed_min_volumes_ml'])} | {_development(r)} |"
                        for r in lv["cal_options"]])
     if lv.get("candidates"):
         out += _table("Detection: candidate detection models, each picked as `medhdiff calibrate` would pick with "
@@ -215,12 +214,9 @@ def levers_section(lv: dict) -> list[str]:
                       "scored on development brains (healthy 740000+, tumours of 5-60 mL 740500+, small tumours "
                       "of 1-8 mL 741000+) and TCGA-DU-7294 (Dice at the pick, model space). Peaks: each small "
                       "tumour's highest score over the seed level (below 1, no seed starts there)",
-                      ["model", "contrast", "calibrated pick", "calibration Dice", "healthy brains with a finding",
-                       "worst healthy mL", "worst margins", "tumours reached", "found / reference mL",
-                       "pooled Dice", "small tumours reached", "small pooled Dice", "small peaks",
-                       "TCGA-DU-7294 Dice (found mL)"],
-                      [f"| {r['model']} ({r['sha256']}) | {r['contrast']} | "
-                       f"{r['pick']}{'' if r.get('useful', True) else ' (not useful)'} | {_development(r)[:-2]} | "
+                      ["model", "contrast", *DEVELOPMENT_HEADER, "small tumours reached", "small pooled Dice",
+                       "small peaks", "TCGA-DU-7294 Dice (found mL)"],
+                      [f"| {r['model']} ({r['sha256']}) | {r['contrast']} | {_development(r)} | "
                        f"{r['small_reached']} of {r['small_tumours']} | {r['small_pooled_dice']:.3f} | "
                        f"{_peaks(sorted(r['small_peaks']))} | {r['real_dice']:.3f} ({r['real_found_ml']:.1f}) |"
                        for r in lv["candidates"]])
