@@ -141,8 +141,10 @@ def pick_label(pick: dict, min_volume_ml: float | None = None) -> str:
     intensity grow region where one was chosen. ``min_volume_ml`` stands in for a record without a seed volume."""
     q = pick.get("grow_intensity_percentile")
     volume = pick.get("seed_min_volume_ml", min_volume_ml)
-    return (f"p{pick['seed_percentile']} ({volume} mL seeds) / p{pick['grow_percentile']}"
-            + ("" if q is None else f" + intensity p{q}"))
+    floor = pick.get("seed_floor")
+    raised = floor is not None and pick.get("threshold", -np.inf) <= floor  # the floor, not the percentile, seeds
+    return (f"{f'floor {floor:.2f}' if raised else 'p' + str(pick['seed_percentile'])} ({volume} mL seeds) / "
+            f"p{pick['grow_percentile']}" + ("" if q is None else f" + intensity p{q}"))
 
 
 class TumourTally:

@@ -78,6 +78,8 @@ def test_the_shipped_detector_config_parses_with_its_settings():
 
 def test_the_shipped_detector_calibration_follows_its_recipe():
     """model.json's calibration was made with configs/detector.yaml's detect settings, not older ones."""
+    import numpy as np
+
     from medhdiff.tasks.predictor import default_weights
 
     folder = default_weights("detector")
@@ -102,6 +104,9 @@ def test_the_shipped_detector_calibration_follows_its_recipe():
         assert pick["seed_percentile"] in {d.percentile, *d.seed_percentiles}
         assert pick["grow_percentile"] in d.grow_percentiles
         assert cal["threshold"][contrast] == pick["threshold"] > cal["grow_threshold"][contrast] == pick["grow_threshold"]
+        # the seed floor: the config's tail for the contrast, and the seed threshold never below its floor
+        assert (cal.get("seed_tail") or {}).get(contrast) == d.seed_tail.get(contrast) == pick.get("seed_tail")
+        assert pick["threshold"] >= pick.get("seed_floor", -np.inf)
         # the seed-volume candidates: the config's, or none for a contrast calibrated before they existed
         # (kept by `calibrate --contrast`), which then seeds at min_volume_ml
         volumes = cal.get("seed_min_volumes_ml", {}).get(contrast, [])

@@ -147,7 +147,7 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
                 thr = float(thr_dice)
         if d.grow_percentiles:
             choice = _pick_hysteresis(values, healthy_maps, maps, d.for_contrast(contrast), voxel_ml, healthy_bright,
-                                      lesion_bright)
+                                      lesion_bright, d.seed_tail.get(contrast))
             thr = choice["threshold"]
             grow_thresholds[contrast] = choice
             dice_at = choice.pop("dice")
@@ -167,7 +167,8 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
     # already has the key), so that records made before a setting existed stay as they were
     for key, value, default in (("score_scale", lambda c: d.score_scale.get(c, "none"), "none"),
                                 ("healthy_volumes", d.healthy_count, d.healthy_volumes),
-                                ("score_smooth_mm", lambda c: d.score_smooth_mm.get(c, 0.0), 0.0)):
+                                ("score_smooth_mm", lambda c: d.score_smooth_mm.get(c, 0.0), 0.0),
+                                ("seed_tail", lambda c: d.seed_tail.get(c), None)):
         values = {c: value(c) for c in chosen}
         if any(v != default for v in values.values()) or key in stored:
             calibration[key] = values
@@ -186,6 +187,10 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
         calibration["source"] += ("; findings are seeded above one healthy-score percentile and grow to a lower "
                                   "one: the pair of best Dice on held-out synthetic tumours within the healthy "
                                   "false-positive budget")
+    if any(v is not None for v in (calibration.get("seed_tail") or {}).values()):
+        calibration["source"] += ("; where seed_tail is set, each seed threshold is at least the level a new "
+                                  "healthy brain seeds above with that probability (an extreme-value fit to the "
+                                  "calibration brains' highest seed levels)")
     if subset:
         calibration = _merge_calibration(stored, calibration, chosen)
     update_bundle_meta(model_dir, calibration=calibration)
@@ -195,7 +200,7 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
 #: Calibration entries that hold one value per contrast; the others are settings shared by all contrasts.
 PER_CONTRAST = ("threshold", "healthy_fp_ml_at_percentile", "grow_threshold", "grow_intensity_percentile",
                 "seed_min_volume_ml", "seed_min_volumes_ml", "hysteresis", "synthetic_tumour", "score_scale",
-                "score_smooth_mm", "healthy_volumes")
+                "score_smooth_mm", "healthy_volumes", "seed_tail")
 
 
 def _shared_settings(d: DetectConfig) -> dict:
@@ -272,8 +277,74 @@ def _rims(seeds: dict) -> dict:
             for lv, m in seeds.items()}
 
 
+def seed_levels(score: np.ndarray, voxel_ml: float, volumes) -> dict[float, float]:
+    """For each seed volume ``v`` of ``volumes`` (mL), the lowest seed threshold at which ``score`` has no
+    seed component of ``v`` or more: ``Predictor._findings(score, thr, voxel_ml, v)`` is empty for every
+    ``thr`` at or above it and not empty below it (0 where even ``score > 0`` has no such component).
+
+    Exact: the threshold is bisected over the map's own sorted values, each step labelling only the
+    bounding box of the voxels above the lowest level still in question."""
+    values = np.unique(score[score > 0])
+    levels = np.concatenate([[0.0], values])  # a threshold between two of them seeds as the lower one does
+    cache: dict[int, int] = {}
+
+    def largest(k: int) -> int:
+        """The largest component (voxels) of ``score > levels[k]``."""
+        if k not in cache:
+            above = score > levels[k]
+            if not above.any():
+                cache[k] = 0
+            else:
+                box = ndimage.find_objects(above.astype(np.uint8))[0]
+                labels, n = ndimage.label(above[box])
+                cache[k] = int(np.bincount(labels.ravel())[1:].max()) if n else 0
+        return cache[k]
+
+    out = {}
+    for v in volumes:
+        def seeded(k: int) -> bool:
+            return largest(k) * voxel_ml >= v  # the comparison Predictor._findings makes
+
+        if not seeded(0):
+            out[float(v)] = 0.0
+            continue
+        lo, hi = 0, len(levels) - 1  # seeded(lo); nothing lies above the maximum, so not seeded(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if seeded(mid) else (lo, mid)
+        out[float(v)] = float(levels[hi])
+    return out
+
+
+#: Euler-Mascheroni constant: the mean of a standard Gumbel distribution.
+EULER_GAMMA = 0.5772156649015329
+
+
+def gumbel_quantile(maxima, tail: float) -> float:
+    """The level a new draw exceeds with probability ``tail``, from a Gumbel (extreme-value) distribution
+    fitted to ``maxima`` by its moments (scale = sd * sqrt(6) / pi, location = mean - gamma * scale)."""
+    x = np.asarray(maxima, dtype=np.float64)
+    if x.size < 3:
+        raise ValueError("a Gumbel fit needs at least 3 maxima")
+    scale = float(x.std(ddof=1)) * np.sqrt(6.0) / np.pi
+    loc = float(x.mean()) - EULER_GAMMA * scale
+    return loc - scale * float(np.log(-np.log1p(-tail)))
+
+
+def seed_floors(healthy_maps: list, voxel_ml: float, volumes, tail: float) -> dict[float, dict]:
+    """Per seed volume: each healthy map's :func:`seed_levels` and the floor a seed threshold keeps to, the
+    level a new healthy brain's highest seed level exceeds with probability ``tail``
+    (:func:`gumbel_quantile`). A percentile of the pooled healthy scores bounds how much of a typical brain
+    lies above it; this bounds how often a whole new brain seeds a finding, which is what a healthy
+    false positive is."""
+    per_brain = [seed_levels(sc, voxel_ml, volumes) for sc in healthy_maps]
+    return {float(v): {"floor": gumbel_quantile([lv[float(v)] for lv in per_brain], tail),
+                       "levels": [lv[float(v)] for lv in per_brain]} for v in volumes}
+
+
 def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, d: DetectConfig,
-                     voxel_ml: float, healthy_bright: list | None = None, lesion_bright: list | None = None) -> dict:
+                     voxel_ml: float, healthy_bright: list | None = None, lesion_bright: list | None = None,
+                     seed_tail: float | None = None) -> dict:
     """The (seed, grow) pair of healthy-score percentiles for hysteresis findings, and the intensity
     grow percentile that joins the grow region (``None``: the score alone).
 
@@ -295,6 +366,12 @@ def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, 
     With ``d.seed_min_volumes_ml`` each option is also tried with each of those as the smallest
     volume of a seed component (``Predictor._findings``' ``min_volume_ml``), else ``d.min_volume_ml``
     serves: a bright CSF spot gives a small strong residual, a tumour a larger one.
+
+    With ``seed_tail`` (a probability), every option's seed threshold is at least its seed volume's floor
+    (:func:`seed_floors` on ``healthy_maps``): the level a new healthy brain seeds above with that
+    probability, by an extreme-value fit to the healthy brains' own highest seed levels. The budget only
+    sees the calibration brains, and a seed threshold just above their highest levels leaves no room for
+    a new brain's; the floor does. The pick keeps ``seed_floor`` and ``seed_tail``.
     """
     from medhdiff.tasks.predictor import Predictor
 
@@ -312,21 +389,27 @@ def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, 
         pairs = [(d.percentile, max(d.grow_percentiles))]
         volumes = volumes[:1]
     grows = sorted({gp for _, gp in pairs}, reverse=True)
+    floors = None if seed_tail is None else seed_floors(healthy_maps, voxel_ml, volumes, seed_tail)
+
+    def seed_at(sp: float, v: float) -> float:
+        """The seed threshold of seed percentile ``sp`` with seed volume ``v``: its level, or the floor."""
+        return level[sp] if floors is None else max(level[sp], floors[float(v)]["floor"])
 
     def found(sc: np.ndarray, bright: dict | None):
         """Yields ``((seed p, grow p, intensity p, seed volume), finding mask)`` for one map, one at a time."""
-        seed_masks = {(level[sp], v): Predictor._findings(sc, level[sp], voxel_ml, v)
+        seed_masks = {(seed_at(sp, v), v): Predictor._findings(sc, seed_at(sp, v), voxel_ml, v)
                       for sp in {sp for sp, _ in pairs} for v in volumes}
         rims = _rims(seed_masks)
         for gp in grows:
-            mine = {(level[sp], v): seed_masks[(level[sp], v)] for sp, g in pairs if g == gp for v in volumes}
+            mine = {(seed_at(sp, v), v): seed_masks[(seed_at(sp, v), v)]
+                    for sp, g in pairs if g == gp for v in volumes}
             for q in options:
                 masks = _hysteresis_masks(sc, mine, level[gp], None if q is None else bright[q],
                                           d.grow_opening_mm, spacing_mm, rims)
                 for sp, g in pairs:
                     if g == gp:
                         for v in volumes:
-                            yield (sp, gp, q, v), masks[(level[sp], v)]
+                            yield (sp, gp, q, v), masks[(seed_at(sp, v), v)]
 
     keys = [(sp, gp, q, v) for sp, gp in pairs for q in options for v in volumes]
     fp = {k: [] for k in keys}
@@ -369,11 +452,18 @@ def _pick_hysteresis(values: np.ndarray, healthy_maps: list, lesion_maps: list, 
                                 f"{d.min_useful_dice}, so the most conservative one")
     if lesion_maps:
         best = {**best, "useful": useful}
+    if floors is not None:
+        floor = floors[float(best["seed_min_volume_ml"])]["floor"]
+        best = {**best, "seed_tail": seed_tail, "seed_floor": floor}
+        log.info("seed floor %.4f for %s mL seeds (a new healthy brain seeds above it with probability %s); "
+                 "the seed level is %.4f", floor, best["seed_min_volume_ml"], seed_tail,
+                 seed_at(best["seed_percentile"], best["seed_min_volume_ml"]))
 
     def key(r: dict) -> str:
         q = r["grow_intensity_percentile"]
         return (f"{r['seed_percentile']}/{r['grow_percentile']}" + ("" if q is None else f"/i{q}")
                 + ("" if len(volumes) == 1 else f"/s{r['seed_min_volume_ml']}"))
 
-    return {**best, "threshold": level[best["seed_percentile"]], "grow_threshold": level[best["grow_percentile"]],
+    return {**best, "threshold": seed_at(best["seed_percentile"], best["seed_min_volume_ml"]),
+            "grow_threshold": level[best["grow_percentile"]],
             "table": {key(r): [r["dice"], r["healthy_fp_ml"], r["healthy_fp_ml_worst"]] for r in table}}

@@ -210,7 +210,13 @@ class DetectConfig:
     that sigma before its lesion polarity is kept (``Predictor.residual_score``):
     a reconstruction's edges placed a voxel off leave a bright and a dark rim
     side by side, which cancel, while a lesion it heals leaves a residual of
-    one sign over its whole extent. Without ``grow_percentiles``, and with
+    one sign over its whole extent. ``seed_tail`` (per contrast, a probability) keeps
+    that contrast's seed threshold at least at the level a new healthy brain's
+    highest seed component exceeds with that probability, by an extreme-value
+    (Gumbel) fit to the healthy calibration brains' own highest seed levels
+    (``calibrate.seed_floors``): a percentile of their pooled scores says how much
+    of a typical brain lies above a level, not how often a whole new brain seeds
+    a finding. Without ``grow_percentiles``, and with
     ``lesion_volumes > 0``, the single threshold is raised, where that helps,
     to the threshold of best Dice on those tumours.
     """
@@ -234,6 +240,7 @@ class DetectConfig:
     grow_opening_mm: float = 0.0
     score_scale: dict[str, str] = field(default_factory=dict)
     score_smooth_mm: dict[str, float] = field(default_factory=dict)
+    seed_tail: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.strengths = tuple(float(v) for v in self.strengths)
@@ -293,6 +300,13 @@ class DetectConfig:
                                              "Gaussian sigmas in mm", "{t2: 4}")
         if not all(0.0 <= v <= 20.0 for v in self.score_smooth_mm.values()):
             raise InputError("detect.score_smooth_mm values must be in [0, 20] mm")
+        self.seed_tail = _contrast_map("seed_tail", self.seed_tail, float, "probabilities", "{t2: 0.01}")
+        if not all(0.0 < v < 0.5 for v in self.seed_tail.values()):
+            raise InputError("detect.seed_tail values must be probabilities in (0, 0.5)")
+        if self.seed_tail and not self.grow_percentiles:
+            raise InputError("detect.seed_tail needs grow_percentiles (hysteresis)")
+        if any(self.healthy_count(c) < 3 for c in self.seed_tail):
+            raise InputError("detect.seed_tail needs at least 3 healthy calibration brains for each contrast it names")
 
     def healthy_count(self, contrast: str) -> int:
         """How many healthy calibration brains ``contrast`` draws."""
