@@ -488,21 +488,11 @@ def _pick_and_apply(cal: list[dict], dev: list[dict], d, n_cal_healthy: int, n_d
 
 
 def _seed_margin(score: np.ndarray, threshold: float, voxel_ml: float, min_volume_ml: float) -> float:
-    """How near a healthy map came to a finding: the highest level (bisected to 0.1 %) at which ``score``
-    has a component of at least ``min_volume_ml`` (``Predictor._findings``' seeds), over ``threshold``."""
-    from medhdiff.tasks import Predictor
+    """How near a healthy map came to a finding: the lowest level at which ``score`` has no component of at
+    least ``min_volume_ml`` (``Predictor._findings``' seeds; ``calibrate.seed_levels``), over ``threshold``."""
+    from medhdiff.training.calibrate import seed_levels
 
-    def seeded(level: float) -> bool:
-        return bool(Predictor._findings(score, level, voxel_ml, min_volume_ml).any())
-
-    hi = float(score.max())
-    if hi <= 0 or not seeded(0.0):
-        return 0.0
-    lo = 0.0  # seeded(lo) holds, seeded(hi) does not (nothing lies above the maximum)
-    while hi - lo > 1e-3 * threshold:
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if seeded(mid) else (lo, mid)
-    return lo / threshold
+    return seed_levels(score, voxel_ml, (min_volume_ml,))[float(min_volume_ml)] / threshold
 
 
 SMOOTHS_MM = (0.0, 2.0, 4.0, 6.0, 8.0)

@@ -69,6 +69,11 @@ def _development(r: dict) -> str:
             f"{r['pooled_dice']:.3f}")
 
 
+def _tail(r: dict) -> str:
+    """A candidates row's seed floor: ``detect.seed_tail`` and the floor it set (rows before it existed: none)."""
+    return "none" if r.get("seed_tail") is None else f"{r['seed_tail']:g} ({r['seed_floor']:.2f})"
+
+
 def _peaks(values: list | None) -> str:
     """A size row's per-tumour score peaks, smallest tumour first (blank for rows measured before they were)."""
     return "" if not values else ", ".join(f"{v:.2f}" for v in values)
@@ -214,12 +219,25 @@ def levers_section(lv: dict) -> list[str]:
                       "scored on development brains (healthy 740000+, tumours of 5-60 mL 740500+, small tumours "
                       "of 1-8 mL 741000+) and TCGA-DU-7294 (Dice at the pick, model space). Peaks: each small "
                       "tumour's highest score over the seed level (below 1, no seed starts there)",
-                      ["model", "contrast", *DEVELOPMENT_HEADER, "small tumours reached", "small pooled Dice",
-                       "small peaks", "TCGA-DU-7294 Dice (found mL)"],
-                      [f"| {r['model']} ({r['sha256']}) | {r['contrast']} | {_development(r)} | "
+                      ["model", "contrast", "seed tail (floor)", *DEVELOPMENT_HEADER, "small tumours reached",
+                       "small pooled Dice", "small peaks", "TCGA-DU-7294 Dice (found mL)"],
+                      [f"| {r['model']} ({r['sha256']}) | {r['contrast']} | {_tail(r)} | {_development(r)} | "
                        f"{r['small_reached']} of {r['small_tumours']} | {r['small_pooled_dice']:.3f} | "
                        f"{_peaks(sorted(r['small_peaks']))} | {r['real_dice']:.3f} ({r['real_found_ml']:.1f}) |"
                        for r in lv["candidates"]])
+        tested = [r for r in lv["candidates"] if r.get("test")]
+        if tested:
+            out += _table("Detection: the same picks on held-out test brains no earlier run has seen (healthy "
+                          "742000+, tumours of 5-60 mL 742500+, of 1-8 mL 743000+)",
+                          ["model", "contrast", "seed tail (floor)", "calibrated pick", "healthy brains with a finding",
+                           "worst healthy mL", "worst margins", "tumours 5-60 mL reached", "found / reference mL",
+                           "pooled Dice", "tumours 1-8 mL reached", "small pooled Dice"],
+                          [f"| {r['model']} ({r['sha256']}) | {r['contrast']} | {_tail(r)} | {r['pick']} | "
+                           f"{t['healthy_with_finding']} of {t['healthy']} | {t['worst_healthy_ml']:.2f} | "
+                           f"{', '.join(f'{m:.2f}' for m in t['healthy_margins_top3'])} | "
+                           f"{t['tumours_reached']} of {t['tumours']} | {t['found_ml']:.1f} / {t['reference_ml']:.1f} | "
+                           f"{t['pooled_dice']:.3f} | {t['small']['tumours_reached']} of {t['small']['tumours']} | "
+                           f"{t['small']['pooled_dice']:.3f} |" for r in tested for t in [r["test"]]])
     if lv.get("heal_adapt"):
         out += _table("Detection: the patch network adapted to each scan (heal-adapt; shipped calibration)",
                       ["input", "model", "found mL", "Dice @auto", "score p99 / p99.9 in the brain", "AUROC",
@@ -231,6 +249,11 @@ def levers_section(lv: dict) -> list[str]:
     return out + ["Runs:"] + _runs(lv) + [""]
 
 
+def _above(r: dict, tag: str) -> str:
+    """How many of a separation row's ``tag`` brains lie above its seed floor ('' where not measured)."""
+    return f"{r[f'{tag}_above_floor']} of {r[f'{tag}_n']}" if f"{tag}_above_floor" in r else ""
+
+
 def _separation(sep: dict) -> list[str]:
     """bench_separation.py: each model's T2 seed levels, no threshold chosen."""
     out = _table("Detection: T2 separation with no threshold (bench_separation.py). Seed level: the highest score "
@@ -238,11 +261,16 @@ def _separation(sep: dict) -> list[str]:
                  "the tumour); a tumour above every healthy brain could be found without marking one",
                  ["model", "seed volume mL", "calibration brains' max", "every healthy brain's max",
                   "development healthy above the calibration max", "tumours 5-60 mL above every healthy",
-                  "tumours 1-8 mL above every healthy", "TCGA-DU-7294 above every healthy"],
+                  "tumours 1-8 mL above every healthy", "TCGA-DU-7294 above every healthy",
+                  "floor at tail 0.01", "above the floor: development healthy / test healthy",
+                  "above the floor: tumours 5-60 mL, development / test", "above the floor: 1-8 mL, development / test"],
                  [f"| {r['model']} ({r['sha256']}) | {r['seed_volume_ml']:g} | {r['calibration_max']:.2f} | "
                   f"{r['healthy_max']:.2f} | {r['development_above_calibration_max']} of {r['development_healthy']} | "
                   f"{r['devt_above_healthy']} of {r['devt_n']} | {r['devs_above_healthy']} of {r['devs_n']} | "
-                  f"{r['real_above_healthy']} of {r['real_n']} |" for r in sep["rows"]])
+                  f"{r['real_above_healthy']} of {r['real_n']} | {_fmt(r.get('floor'))} | "
+                  + " | ".join(" / ".join(_above(r, t) for t in pair)
+                               for pair in (("devh", "tsth"), ("devt", "tstt"), ("devs", "tsts"))) + " |"
+                  for r in sep["rows"]])
     return out + ["Runs:"] + _runs(sep) + [""]
 
 
