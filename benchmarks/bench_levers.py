@@ -351,7 +351,7 @@ def score_scale(console: Console, n_healthy: int, n_tumours: int, cache: Path | 
 
 
 def _brain_sets(console: Console, pred, cfg, contrast: str, n_healthy: int, n_tumours: int,
-                cache: Path | None) -> tuple[list[dict], list[dict]]:
+                cache: Path | None, scored=None) -> tuple[list[dict], list[dict]]:
     """The calibration brains of ``cfg`` (healthy 900000+, then tumours 900501+, as ``medhdiff calibrate`` draws
     them) and the development brains (``n_healthy`` healthy 740000+, then ``n_tumours`` tumours 740500+), each
     reconstructed once by ``pred`` (cached per brain under ``cache``): items with the signed ``residual``s, the
@@ -380,13 +380,15 @@ def _brain_sets(console: Console, pred, cfg, contrast: str, n_healthy: int, n_tu
         for s, vol, brain, lesion in synthetic_tumours(contrast, DEV_SEED + 500, n_tumours, (0.01, 0.02), (5.0, 60.0)):
             yield "devt", s, vol.data, vol.affine, brain, lesion
 
-    return (_reconstructed(console, pred, d, contrast, calibration_brains(), cache),
-            _reconstructed(console, pred, d, contrast, development_brains(), cache))
+    return (_reconstructed(console, pred, d, contrast, calibration_brains(), cache, scored),
+            _reconstructed(console, pred, d, contrast, development_brains(), cache, scored))
 
 
-def _reconstructed(console: Console, pred, d, contrast: str, brains, cache: Path | None) -> list[dict]:
+def _reconstructed(console: Console, pred, d, contrast: str, brains, cache: Path | None, scored=None) -> list[dict]:
     """Each brain ``(tag, seed, image, affine, brain mask or None, lesion or None)`` reconstructed once by ``pred``
-    with the detect settings ``d`` (cached per brain under ``cache``)."""
+    with the detect settings ``d`` (cached per brain under ``cache``). With ``scored`` (:func:`_scorer`), each
+    brain's score map is formed as it comes and its residuals dropped: a section that reads only that map
+    then holds one brain's residuals at a time, not all of them (16.6 GB for 123 T2 brains)."""
     from medhdiff.io import Volume
     from medhdiff.tasks import Predictor
 
@@ -413,6 +415,9 @@ def _reconstructed(console: Console, pred, d, contrast: str, brains, cache: Path
                 item = {k: z[k] for k in z.files}
         item["bright"] = {float(k[6:]): v for k, v in item.items() if k.startswith("bright") and k != "bright"}
         item["inner"] = Predictor.scored_region(item["mask"])
+        if scored is not None:
+            scored(item)
+            del item["residual"]
         out.append(item)
     return out
 
@@ -710,16 +715,16 @@ def candidates(console: Console, models: list[str], contrasts, n_healthy: int, n
             cfg = copy.deepcopy(base)
             cfg.detect.healthy_volumes = cfg.detect.healthy_count(contrast)
             d = cfg.detect.for_contrast(contrast)
-            cal, dev = _brain_sets(console, pred, cfg, contrast, n_healthy, n_tumours, where)
+            scored = _scorer(d, contrast)
+            cal, dev = _brain_sets(console, pred, cfg, contrast, n_healthy, n_tumours, where, scored)
             small = _reconstructed(console, pred, d, contrast, (
                 ("devs", s, vol.data, vol.affine, brain, lesion)
                 for s, vol, brain, lesion in synthetic_tumours(contrast, SMALL_SEED, n_small, (0.01, 0.02), SMALL_ML)),
-                where)
+                where, scored)
             scan = load_volume(TUMOUR / CASE / f"{'fla' if contrast == 'flair' else contrast}.nii.gz")
             real = _reconstructed(console, pred, d, contrast, [("real", 0, scan.data, scan.affine, None, seg)],
-                                  where)[0]
-            held_out = _reconstructed(console, pred, d, contrast, _test_brains(contrast, *test), where)
-            scored = _scorer(d, contrast)
+                                  where, scored)[0]
+            held_out = _reconstructed(console, pred, d, contrast, _test_brains(contrast, *test), where, scored)
             for option in seed_tails:
                 tail = d.seed_tail.get(contrast) if option == "config" else option
                 pick = _pick(cal, d, d.healthy_volumes, scored, tail)

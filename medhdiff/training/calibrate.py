@@ -328,7 +328,7 @@ def gumbel_quantile(maxima, tail: float) -> float:
         raise ValueError("a Gumbel fit needs at least 3 maxima")
     scale = float(x.std(ddof=1)) * np.sqrt(6.0) / np.pi
     loc = float(x.mean()) - EULER_GAMMA * scale
-    return loc - scale * float(np.log(-np.log1p(-tail)))
+    return float(loc - scale * np.log(-np.log1p(-tail)))
 
 
 def seed_floors(healthy_maps: list, voxel_ml: float, volumes, tail: float) -> dict[float, dict]:
