@@ -104,6 +104,8 @@ def test_seed_tail_is_validated():
 
 
 def test_calibration_applies_and_records_the_seed_floor(model_dir, tmp_path):
+    from test_detector import _tiny_scan
+
     from medhdiff.training.calibrate import calibrate_detection
 
     model = tmp_path / "model"
@@ -118,14 +120,6 @@ def test_calibration_applies_and_records_the_seed_floor(model_dir, tmp_path):
     assert cal["seed_tail"] == {"t2": 0.05} and pick["seed_tail"] == 0.05
     assert cal["threshold"]["t2"] == pick["threshold"] >= pick["seed_floor"] > 0
     assert "seed_tail" in cal["source"]
-    report = Predictor(model, device="cpu").detect(_scan(), contrast="t2").report
+    report = Predictor(model, device="cpu").detect(_tiny_scan(), contrast="t2").report
     assert report["threshold"] == pytest.approx(pick["threshold"])  # detect seeds at the floored threshold
 
-
-def _scan():
-    from test_tasks import small_scan
-
-    from medhdiff.io import Volume
-
-    data, affine = small_scan(seed=3)
-    return Volume(data, affine)
