@@ -102,7 +102,10 @@ def test_the_shipped_detector_calibration_follows_its_recipe():
         assert pick.get("grow_intensity_percentile") in {None, *d.grow_intensity_percentiles}
         assert cal.get("grow_intensity_percentile", {}).get(contrast) == pick.get("grow_intensity_percentile")
         assert pick["seed_percentile"] in {d.percentile, *d.seed_percentiles}
-        assert pick["grow_percentile"] in d.grow_percentiles
+        # the grow grid: the contrast's own (detect.grow_percentiles_by_contrast), recorded where it differs
+        grid = d.grow_grid(contrast)
+        assert cal.get("grow_percentiles", {}).get(contrast, list(d.grow_percentiles)) == list(grid)
+        assert pick["grow_percentile"] in grid
         assert cal["threshold"][contrast] == pick["threshold"] > cal["grow_threshold"][contrast] == pick["grow_threshold"]
         # the seed floor: the config's tail for the contrast, and the seed threshold never below its floor
         assert (cal.get("seed_tail") or {}).get(contrast) == d.seed_tail.get(contrast) == pick.get("seed_tail")
@@ -116,7 +119,7 @@ def test_the_shipped_detector_calibration_follows_its_recipe():
         # every pair of the grid was scored on the synthetic tumours
         table = cal["synthetic_tumour"][contrast]["dice_and_healthy_fp_ml_by_seed_grow_percentile"]
         assert len(table) == (1 + len(d.grow_intensity_percentiles)) * max(1, len(volumes)) * sum(
-            g < s for s in {d.percentile, *d.seed_percentiles} for g in d.grow_percentiles)
+            g < s for s in {d.percentile, *d.seed_percentiles} for g in grid)
 
 
 def test_calibration_on_synthetic_tumours_stores_its_settings_and_never_lowers_the_threshold(model_dir, tmp_path):
@@ -792,3 +795,34 @@ def test_detect_and_calibration_smooth_the_contrasts_the_calibration_smoothed(mo
                             percentile=99.0, score_smooth_mm={"t2": 2.5})
     cal = calibrate_detection(model, cfg, detect=settings)
     assert calls == [2.5, 2.5] and cal["score_smooth_mm"] == {"t2": 2.5}
+
+
+def test_a_contrast_can_have_its_own_grow_grid():
+    d = DetectConfig(percentile=99.9, seed_percentiles=(99.5,), grow_percentiles=(99.0, 95.0),
+                     grow_percentiles_by_contrast={"t2": [99.8, 99.0]})
+    assert d.grow_grid("t2") == (99.8, 99.0) and d.grow_grid("flair") == (99.0, 95.0)
+    assert d.for_contrast("t2").grow_percentiles == (99.8, 99.0)
+    assert d.for_contrast("flair").grow_percentiles == (99.0, 95.0)
+    for bad in ({"t2": [99.95]}, {"t2": []}, {"t2": [40.0]}, [99.0]):
+        with pytest.raises(InputError, match="grow_percentiles_by_contrast"):
+            DetectConfig(percentile=99.9, grow_percentiles=(99.0,), grow_percentiles_by_contrast=bad)
+    with pytest.raises(InputError, match="needs grow_percentiles"):
+        DetectConfig(grow_percentiles_by_contrast={"t2": [99.0]})
+
+
+def test_calibration_scores_and_records_a_contrasts_own_grow_grid(model_dir, tmp_path):
+    from medhdiff.training.calibrate import calibrate_detection
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    cfg = load_config(TINY)
+    cfg.data.contrasts = ("t2", "flair")
+    settings = DetectConfig(strengths=(0.2,), steps=1, ensemble=1, healthy_volumes=2, lesion_volumes=1,
+                            percentile=99.9, seed_percentiles=(99.5,), grow_percentiles=(99.0, 95.0),
+                            grow_percentiles_by_contrast={"t2": (99.8, 99.0, 95.0)}, min_useful_dice=0.0)
+    cal = calibrate_detection(model, cfg, detect=settings)
+    assert cal["grow_percentiles"] == {"t2": [99.8, 99.0, 95.0], "flair": [99.0, 95.0]}
+    grows = {c: {float(k.split("/")[1]) for k in cal["synthetic_tumour"][c]["dice_and_healthy_fp_ml_by_seed_grow_percentile"]}
+             for c in ("t2", "flair")}
+    assert grows == {"t2": {99.8, 99.0, 95.0}, "flair": {99.0, 95.0}}
+    assert cal["hysteresis"]["t2"]["grow_percentile"] in grows["t2"]

@@ -168,7 +168,8 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
     for key, value, default in (("score_scale", lambda c: d.score_scale.get(c, "none"), "none"),
                                 ("healthy_volumes", d.healthy_count, d.healthy_volumes),
                                 ("score_smooth_mm", lambda c: d.score_smooth_mm.get(c, 0.0), 0.0),
-                                ("seed_tail", lambda c: d.seed_tail.get(c), None)):
+                                ("seed_tail", lambda c: d.seed_tail.get(c), None),
+                                ("grow_percentiles", lambda c: list(d.grow_grid(c)), list(d.grow_percentiles))):
         values = {c: value(c) for c in chosen}
         if any(v != default for v in values.values()) or key in stored:
             calibration[key] = values
@@ -200,7 +201,7 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
 #: Calibration entries that hold one value per contrast; the others are settings shared by all contrasts.
 PER_CONTRAST = ("threshold", "healthy_fp_ml_at_percentile", "grow_threshold", "grow_intensity_percentile",
                 "seed_min_volume_ml", "seed_min_volumes_ml", "hysteresis", "synthetic_tumour", "score_scale",
-                "score_smooth_mm", "healthy_volumes", "seed_tail")
+                "score_smooth_mm", "healthy_volumes", "seed_tail", "grow_percentiles")
 
 
 def _shared_settings(d: DetectConfig) -> dict:

@@ -216,7 +216,8 @@ class DetectConfig:
     (Gumbel) fit to the healthy calibration brains' own highest seed levels
     (``calibrate.seed_floors``): a percentile of their pooled scores says how much
     of a typical brain lies above a level, not how often a whole new brain seeds
-    a finding. Without ``grow_percentiles``, and with
+    a finding. ``grow_percentiles_by_contrast`` replaces ``grow_percentiles`` for the
+    contrasts it names. Without ``grow_percentiles``, and with
     ``lesion_volumes > 0``, the single threshold is raised, where that helps,
     to the threshold of best Dice on those tumours.
     """
@@ -230,6 +231,7 @@ class DetectConfig:
     lesion_volumes: int = 0
     min_volume_ml: float = 0.2
     grow_percentiles: tuple[float, ...] = ()
+    grow_percentiles_by_contrast: dict[str, tuple[float, ...]] = field(default_factory=dict)
     seed_percentiles: tuple[float, ...] = ()
     max_healthy_fp_ml: float = 1.0
     max_healthy_fp_ml_worst: float | None = None
@@ -245,6 +247,9 @@ class DetectConfig:
     def __post_init__(self) -> None:
         self.strengths = tuple(float(v) for v in self.strengths)
         self.grow_percentiles = tuple(float(v) for v in self.grow_percentiles)
+        self.grow_percentiles_by_contrast = _contrast_map(
+            "grow_percentiles_by_contrast", self.grow_percentiles_by_contrast,
+            lambda v: tuple(float(x) for x in v), "lists of percentiles", "{t2: [99.9, 99.8, 99.5]}")
         self.seed_percentiles = tuple(float(v) for v in self.seed_percentiles)
         self.grow_intensity_percentiles = tuple(float(v) for v in self.grow_intensity_percentiles)
         volumes = self.seed_min_volumes_ml
@@ -277,6 +282,13 @@ class DetectConfig:
             raise InputError("detect.grow_intensity_percentiles need grow_percentiles (hysteresis)")
         if self.grow_percentiles and min(self.grow_percentiles) >= min((self.percentile, *self.seed_percentiles)):
             raise InputError("detect.grow_percentiles need a value below the lowest seed percentile")
+        for grid in self.grow_percentiles_by_contrast.values():
+            if not self.grow_percentiles:
+                raise InputError("detect.grow_percentiles_by_contrast needs grow_percentiles (hysteresis)")
+            if not grid or not all(50.0 <= v < 100.0 for v in grid) \
+                    or min(grid) >= min((self.percentile, *self.seed_percentiles)):
+                raise InputError("detect.grow_percentiles_by_contrast lists need percentiles in [50, 100), one "
+                                 "below the lowest seed percentile")
         if not self.max_healthy_fp_ml >= 0 or not (self.max_healthy_fp_ml_worst is None
                                                    or self.max_healthy_fp_ml_worst >= self.max_healthy_fp_ml):
             raise InputError("detect.max_healthy_fp_ml must be >= 0, and max_healthy_fp_ml_worst (when set) at least "
@@ -318,9 +330,14 @@ class DetectConfig:
             return self.seed_min_volumes_ml.get(contrast, ())
         return self.seed_min_volumes_ml
 
+    def grow_grid(self, contrast: str) -> tuple[float, ...]:
+        """The grow-percentile candidates of one contrast: its own list, else ``grow_percentiles``."""
+        return self.grow_percentiles_by_contrast.get(contrast, self.grow_percentiles)
+
     def for_contrast(self, contrast: str) -> "DetectConfig":
-        """These settings with ``seed_min_volumes_ml`` narrowed to ``contrast``'s list."""
-        return dataclasses.replace(self, seed_min_volumes_ml=self.seed_volumes(contrast))
+        """These settings with ``seed_min_volumes_ml`` and ``grow_percentiles`` narrowed to ``contrast``'s lists."""
+        return dataclasses.replace(self, seed_min_volumes_ml=self.seed_volumes(contrast),
+                                   grow_percentiles=self.grow_grid(contrast), grow_percentiles_by_contrast={})
 
 
 def _seed_volumes(values: Any) -> tuple[float, ...]:
