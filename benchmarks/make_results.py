@@ -74,6 +74,12 @@ def _tail(r: dict) -> str:
     return "none" if r.get("seed_tail") is None else f"{r['seed_tail']:g} ({r['seed_floor']:.2f})"
 
 
+def _grid(r: dict) -> str:
+    """A candidates row's grow grid: the config's, or the top of the one it was picked from (``--grow-grids``)."""
+    g = r.get("grow_percentiles")
+    return "config" if g is None else f"from p{max(g):g}"
+
+
 def _peaks(values: list | None) -> str:
     """A size row's per-tumour score peaks, smallest tumour first (blank for rows measured before they were)."""
     return "" if not values else ", ".join(f"{v:.2f}" for v in values)
@@ -219,9 +225,9 @@ def levers_section(lv: dict) -> list[str]:
                       "scored on development brains (healthy 740000+, tumours of 5-60 mL 740500+, small tumours "
                       "of 1-8 mL 741000+) and TCGA-DU-7294 (Dice at the pick, model space). Peaks: each small "
                       "tumour's highest score over the seed level (below 1, no seed starts there)",
-                      ["model", "contrast", "seed tail (floor)", *DEVELOPMENT_HEADER, "small tumours reached",
+                      ["model", "contrast", "seed tail (floor)", "grow grid", *DEVELOPMENT_HEADER, "small tumours reached",
                        "small pooled Dice", "small peaks", "TCGA-DU-7294 Dice (found mL)"],
-                      [f"| {r['model']} ({r['sha256']}) | {r['contrast']} | {_tail(r)} | {_development(r)} | "
+                      [f"| {r['model']} ({r['sha256']}) | {r['contrast']} | {_tail(r)} | {_grid(r)} | {_development(r)} | "
                        f"{r['small_reached']} of {r['small_tumours']} | {r['small_pooled_dice']:.3f} | "
                        f"{_peaks(sorted(r['small_peaks']))} | {r['real_dice']:.3f} ({r['real_found_ml']:.1f}) |"
                        for r in lv["candidates"]])
@@ -229,10 +235,11 @@ def levers_section(lv: dict) -> list[str]:
         if tested:
             out += _table("Detection: the same picks on held-out test brains no earlier run has seen (healthy "
                           "742000+, tumours of 5-60 mL 742500+, of 1-8 mL 743000+)",
-                          ["model", "contrast", "seed tail (floor)", "calibrated pick", "healthy brains with a finding",
+                          ["model", "contrast", "seed tail (floor)", "grow grid", "calibrated pick",
+                           "healthy brains with a finding",
                            "worst healthy mL", "worst margins", "tumours 5-60 mL reached", "found / reference mL",
                            "pooled Dice", "tumours 1-8 mL reached", "small pooled Dice"],
-                          [f"| {r['model']} ({r['sha256']}) | {r['contrast']} | {_tail(r)} | {r['pick']} | "
+                          [f"| {r['model']} ({r['sha256']}) | {r['contrast']} | {_tail(r)} | {_grid(r)} | {r['pick']} | "
                            f"{t['healthy_with_finding']} of {t['healthy']} | {t['worst_healthy_ml']:.2f} | "
                            f"{', '.join(f'{m:.2f}' for m in t['healthy_margins_top3'])} | "
                            f"{t['tumours_reached']} of {t['tumours']} | {t['found_ml']:.1f} / {t['reference_ml']:.1f} | "
