@@ -127,6 +127,10 @@
   the test brains, it marks no more healthy brains, reaches no fewer tumours (5-60 and 1-8 mL together), and
   its development 5-60 mL pooled Dice is at least 0.02 higher; TCGA-DU-7294 must stay at the issue's targets
   (T2 0.5, FLAIR 0.75). Then the contrast is recalibrated (`medhdiff calibrate --contrast`).
+  T2 then picked p99.9, the top of its new grid (shipped, `detect.grow_percentiles_by_contrast`). The next
+  step up, measured under the same rule against that grid: `--grow-grids
+  99.98,99.95,99.9,99.8,99.5,99,98,97,95,93,90,85,80 --contrasts t2` (grow levels stay below the seed
+  percentile p99.999, and the seed threshold itself is the floor's 6.04).
 
 Results go to benchmarks/results/levers.json (each section replaced when re-run); make_results.py adds
 them to RESULTS.md.
