@@ -713,7 +713,7 @@ def candidates(console: Console, models: list[str], contrasts, n_healthy: int, n
     brains, ``n_small`` small development tumours, the held-out ``test`` brains (healthy, 5-60 mL, 1-8 mL;
     :func:`_test_brains`) and TCGA-DU-7294. One row per ``seed_tails`` option: ``"config"`` (the config's
     ``detect.seed_tail`` for the contrast), ``None`` (no seed floor) or a probability, and per
-    ``grow_grids`` option: ``"config"`` (``detect.grow_percentiles``) or a tuple of grow percentiles."""
+    ``grow_grids`` option: ``"config"`` (the contrast's ``DetectConfig.grow_grid``) or a tuple of grow percentiles."""
     import copy
 
     from bench_detect import score_peaks, synthetic_tumours
@@ -804,7 +804,7 @@ def main() -> None:
                     help="candidates: seed-floor options, each 'config' (configs/detector.yaml's detect.seed_tail), "
                          "'none' or a probability")
     ap.add_argument("--grow-grids", nargs="+", default=["config"],
-                    help="candidates: grow-percentile grids, each 'config' (detect.grow_percentiles) or a "
+                    help="candidates: grow-percentile grids, each 'config' (the contrast's grid in the config) or a "
                          "comma-separated list, e.g. 99.9,99.8,99.5,99,98,97,95,93,90,85,80")
     ap.add_argument("--cal-healthy", type=int, default=None,
                     help="score-smooth: healthy calibration brains (default: configs/detector.yaml's)")

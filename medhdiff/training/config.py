@@ -282,13 +282,13 @@ class DetectConfig:
             raise InputError("detect.grow_intensity_percentiles need grow_percentiles (hysteresis)")
         if self.grow_percentiles and min(self.grow_percentiles) >= min((self.percentile, *self.seed_percentiles)):
             raise InputError("detect.grow_percentiles need a value below the lowest seed percentile")
-        for grid in self.grow_percentiles_by_contrast.values():
-            if not self.grow_percentiles:
-                raise InputError("detect.grow_percentiles_by_contrast needs grow_percentiles (hysteresis)")
-            if not grid or not all(50.0 <= v < 100.0 for v in grid) \
-                    or min(grid) >= min((self.percentile, *self.seed_percentiles)):
-                raise InputError("detect.grow_percentiles_by_contrast lists need percentiles in [50, 100), one "
-                                 "below the lowest seed percentile")
+        if self.grow_percentiles_by_contrast and not self.grow_percentiles:
+            raise InputError("detect.grow_percentiles_by_contrast needs grow_percentiles (hysteresis)")
+        lowest_seed = min((self.percentile, *self.seed_percentiles))
+        if not all(grid and all(50.0 <= v < 100.0 for v in grid) and min(grid) < lowest_seed
+                   for grid in self.grow_percentiles_by_contrast.values()):
+            raise InputError("detect.grow_percentiles_by_contrast lists need percentiles in [50, 100), one "
+                             "below the lowest seed percentile")
         if not self.max_healthy_fp_ml >= 0 or not (self.max_healthy_fp_ml_worst is None
                                                    or self.max_healthy_fp_ml_worst >= self.max_healthy_fp_ml):
             raise InputError("detect.max_healthy_fp_ml must be >= 0, and max_healthy_fp_ml_worst (when set) at least "
