@@ -29,7 +29,7 @@ from medhdiff.preprocess import PreprocessConfig, Preprocessed, Preprocessor
 from medhdiff.tasks.adapt import AdaptConfig, adapt_patch_model
 from medhdiff.tasks.noise import estimate_sigma, rician_bias_correct
 from medhdiff.tasks.results import DenoiseResult, DetectResult, ReconstructResult
-from medhdiff.training.config import DetectConfig, score_scale_statistic
+from medhdiff.training.config import INTENSITY_LEVELS, DetectConfig, score_scale_statistic
 
 log = logging.getLogger("medhdiff")
 
@@ -349,14 +349,22 @@ class Predictor:
         return (score / divisor).astype(np.float32), divisor
 
     @staticmethod
-    def bright_regions(image: np.ndarray, brain: np.ndarray, percentiles) -> dict[float, np.ndarray]:
-        """Where the scan itself is bright, per percentile: its median-filtered intensity above its own
+    def bright_regions(image: np.ndarray, brain: np.ndarray, percentiles, level: str = "scan") -> dict[float, np.ndarray]:
+        """Where the scan itself is bright, per percentile: its median-filtered intensity above that
         ``percentile`` inside the scored region (the brain mask eroded twice, as for the score), in model
         space. The filtering is done once for all the percentiles.
 
-        An intensity grow region for findings: the per-scan percentile adapts to each scan's own
+        ``level`` says what the percentile is of: ``"scan"``, the filtered intensities in the scored region
+        themselves, or ``"robust"``, a normal distribution fitted to them by their median and MAD (its
+        standard deviation taken as 1.4826 MAD). A large lesion fills the scan's own upper tail, so its
+        empirical percentile climbs into the lesion; the median and MAD barely move until half the region
+        is lesion.
+
+        An intensity grow region for findings: the per-scan level adapts to each scan's own
         contrast, and only voxels connected to a seed of the residual score ever join.
         """
+        if level not in INTENSITY_LEVELS:
+            raise InputError(f"the intensity grow level must be one of {', '.join(INTENSITY_LEVELS)}, got {level!r}")
         percentiles = [float(p) for p in percentiles]
         if not percentiles:
             return {}
@@ -364,7 +372,16 @@ class Predictor:
         if not inner.any():
             return {p: inner for p in percentiles}
         smooth = ndimage.median_filter(np.asarray(image, np.float32), size=3)
-        return {p: (smooth > np.percentile(smooth[inner], p)) & inner for p in percentiles}
+        values = smooth[inner]
+        if level == "robust":
+            from scipy.stats import norm
+
+            centre = float(np.median(values))
+            sigma = 1.4826 * float(np.median(np.abs(values - centre)))
+            cut = {p: centre + float(norm.ppf(p / 100.0)) * sigma for p in percentiles}
+        else:
+            cut = dict(zip(percentiles, np.percentile(values, percentiles)))
+        return {p: (smooth > cut[p]) & inner for p in percentiles}
 
     @staticmethod
     def open_region(region: np.ndarray, spacing, radius_mm: float) -> np.ndarray:
@@ -425,11 +442,13 @@ class Predictor:
         # the calibrated intensity grow region joins the score's one only with the calibrated grow level
         table = cal.get("grow_intensity_percentile", {})
         bright_p = table.get(name) if grow == "auto" and grow_thr is not None and isinstance(table, dict) else None
+        bright_level = (cal.get("grow_intensity_level") or {}).get(name, "scan")
         grow_mask = None
         if grow_thr is not None:
             grow_mask = score_map > grow_thr
             if bright_p is not None:
-                bright = self.bright_regions(prep.image, prep.mask, [float(bright_p)])[float(bright_p)]
+                bright = self.bright_regions(prep.image, prep.mask, [float(bright_p)],
+                                             bright_level)[float(bright_p)]
                 grow_mask |= self.preprocessor.inverse(bright.astype(np.float32), prep.record, kind="mask") > 0
         opening = float(cal.get("grow_opening_mm", 0.0))
         if grow_mask is not None and opening > 0:
@@ -437,6 +456,7 @@ class Predictor:
         settings = {"contrast": name, "polarity": polarity, "threshold": float(thr), "threshold_source": thr_source,
                     "grow_threshold": grow_thr,
                     "grow_intensity_percentile": None if bright_p is None else float(bright_p),
+                    "grow_intensity_level": None if bright_p is None else bright_level,
                     "grow_opening_mm": opening if grow_mask is not None else None,
                     "score_scale": None if divisor is None else {"statistic": scale, "divisor": round(divisor, 6)},
                     "score_smooth_mm": smooth_mm,
@@ -532,6 +552,7 @@ class Predictor:
             "input": str(volume.path) if volume.path else None,
             **{k: settings[k] for k in ("contrast", "polarity", "threshold", "threshold_source", "grow_threshold")},
             "grow_intensity_percentile": settings.get("grow_intensity_percentile"),
+            "grow_intensity_level": settings.get("grow_intensity_level"),
             "grow_opening_mm": settings.get("grow_opening_mm"),
             "score_scale": settings.get("score_scale"),
             "score_smooth_mm": settings.get("score_smooth_mm"),
@@ -626,8 +647,9 @@ class Predictor:
             seed_ml = self._min_volume(min_volume_ml, settings.get("contrast", name))
             found = self._findings(norm, level, ref.voxel_volume_ml, seed_ml, grow_mask)
             keep |= found
-            per[name] = {**{k: settings[k] for k in ("threshold", "threshold_source", "grow_threshold",
-                                                     "grow_intensity_percentile", "grow_opening_mm", "score_scale",
+            per[name] = {**{k: settings.get(k) for k in ("threshold", "threshold_source", "grow_threshold",
+                                                     "grow_intensity_percentile", "grow_intensity_level",
+                                                     "grow_opening_mm", "score_scale",
                                                      "score_smooth_mm", "polarity")},
                          "min_component_ml": seed_ml,
                          "calibration_check": self._calibration_check(name, warn=False),

@@ -93,11 +93,12 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
         if progress is not None:
             progress(contrast, done, total)
 
-    def bright(prep) -> dict:
+    def bright(prep, contrast: str) -> dict:
         """The scan's intensity grow regions, one per candidate percentile (only tried against tumours)."""
         if not (d.lesion_volumes and d.grow_percentiles):
             return {}
-        return Predictor.bright_regions(prep.image, prep.mask, d.grow_intensity_percentiles)
+        return Predictor.bright_regions(prep.image, prep.mask, d.grow_intensity_percentiles,
+                                        d.intensity_level(contrast))
 
     for contrast in chosen:
         gen = HealthyBrainGenerator(contrast=contrast, spacing=spacing, noise_range=cfg.data.noise_range)
@@ -113,7 +114,7 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
                                     smooth)
             pooled.append(sc[inner])
             healthy_maps.append(sc)
-            healthy_bright.append(bright(prep))
+            healthy_bright.append(bright(prep, contrast))
             tick(contrast)
         values = np.concatenate(pooled)
         thr = float(np.percentile(values, d.percentile))
@@ -139,7 +140,7 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
                 scores.append(sc[inner])
                 refs.append(ref[inner])
                 maps.append((sc, ref & inner))
-                lesion_bright.append(bright(prep))
+                lesion_bright.append(bright(prep, contrast))
                 tick(contrast)
             best, thr_dice = best_dice(np.concatenate(scores), np.concatenate(refs))
             lesion_dice[contrast] = {"best_dice": round(float(best), 4), "threshold": float(thr_dice)}
@@ -169,7 +170,8 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
                                 ("healthy_volumes", d.healthy_count, d.healthy_volumes),
                                 ("score_smooth_mm", lambda c: d.score_smooth_mm.get(c, 0.0), 0.0),
                                 ("seed_tail", lambda c: d.seed_tail.get(c), None),
-                                ("grow_percentiles", lambda c: list(d.grow_grid(c)), list(d.grow_percentiles))):
+                                ("grow_percentiles", lambda c: list(d.grow_grid(c)), list(d.grow_percentiles)),
+                                ("grow_intensity_level", d.intensity_level, "scan")):
         values = {c: value(c) for c in chosen}
         if any(v != default for v in values.values()) or key in stored:
             calibration[key] = values
@@ -201,7 +203,7 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
 #: Calibration entries that hold one value per contrast; the others are settings shared by all contrasts.
 PER_CONTRAST = ("threshold", "healthy_fp_ml_at_percentile", "grow_threshold", "grow_intensity_percentile",
                 "seed_min_volume_ml", "seed_min_volumes_ml", "hysteresis", "synthetic_tumour", "score_scale",
-                "score_smooth_mm", "healthy_volumes", "seed_tail", "grow_percentiles")
+                "score_smooth_mm", "healthy_volumes", "seed_tail", "grow_percentiles", "grow_intensity_level")
 
 
 def _shared_settings(d: DetectConfig) -> dict:

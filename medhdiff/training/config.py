@@ -22,6 +22,9 @@ from medhdiff.errors import InputError
 from medhdiff.preprocess import PreprocessConfig
 from medhdiff.synth.lesions import contrast_scale_range
 
+#: What an intensity grow percentile is a percentile of (``DetectConfig.grow_intensity_level``).
+INTENSITY_LEVELS = ("scan", "robust")
+
 
 def _check(cls: type, data: Mapping[str, Any], where: str) -> None:
     """Unknown keys (or a non-mapping section) as an input error that names them."""
@@ -217,7 +220,13 @@ class DetectConfig:
     (``calibrate.seed_floors``): a percentile of their pooled scores says how much
     of a typical brain lies above a level, not how often a whole new brain seeds
     a finding. ``grow_percentiles_by_contrast`` replaces ``grow_percentiles`` for the
-    contrasts it names. Without ``grow_percentiles``, and with
+    contrasts it names. ``grow_intensity_level`` (per contrast) says what an intensity
+    grow percentile is a percentile of: ``"scan"`` (the default), the scan's own
+    intensities in the scored region, or ``"robust"``, a normal distribution fitted
+    to them by their median and MAD (``Predictor.bright_regions``). A large lesion
+    fills the scan's own upper tail with its own voxels, so the empirical level
+    rises with its size and cuts the lesion's edges away; the median and MAD move
+    little until half the brain is lesion. Without ``grow_percentiles``, and with
     ``lesion_volumes > 0``, the single threshold is raised, where that helps,
     to the threshold of best Dice on those tumours.
     """
@@ -243,6 +252,7 @@ class DetectConfig:
     score_scale: dict[str, str] = field(default_factory=dict)
     score_smooth_mm: dict[str, float] = field(default_factory=dict)
     seed_tail: dict[str, float] = field(default_factory=dict)
+    grow_intensity_level: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.strengths = tuple(float(v) for v in self.strengths)
@@ -319,6 +329,12 @@ class DetectConfig:
             raise InputError("detect.seed_tail needs grow_percentiles (hysteresis)")
         if any(self.healthy_count(c) < 3 for c in self.seed_tail):
             raise InputError("detect.seed_tail needs at least 3 healthy calibration brains for each contrast it names")
+        self.grow_intensity_level = _contrast_map("grow_intensity_level", self.grow_intensity_level, str,
+                                                  "scan or robust", "{flair: robust}")
+        if not all(v in INTENSITY_LEVELS for v in self.grow_intensity_level.values()):
+            raise InputError("detect.grow_intensity_level values must be scan or robust")
+        if self.grow_intensity_level and not self.grow_intensity_percentiles:
+            raise InputError("detect.grow_intensity_level needs grow_intensity_percentiles")
 
     def healthy_count(self, contrast: str) -> int:
         """How many healthy calibration brains ``contrast`` draws."""
@@ -333,6 +349,10 @@ class DetectConfig:
     def grow_grid(self, contrast: str) -> tuple[float, ...]:
         """The grow-percentile candidates of one contrast: its own list, else ``grow_percentiles``."""
         return self.grow_percentiles_by_contrast.get(contrast, self.grow_percentiles)
+
+    def intensity_level(self, contrast: str) -> str:
+        """What ``contrast``'s intensity grow percentiles are percentiles of: ``"scan"`` or ``"robust"``."""
+        return self.grow_intensity_level.get(contrast, "scan")
 
     def for_contrast(self, contrast: str) -> "DetectConfig":
         """These settings with ``seed_min_volumes_ml`` and ``grow_percentiles`` narrowed to ``contrast``'s lists."""
