@@ -12,7 +12,12 @@ default model (or `--weights`), as the commands do.
   figures are given. With `--also-default`, the default model's reconstruction residual is scored too
   (what `detect` used before the detection model existed).
   Beside `detect`'s Dice, the Dice of the seeds alone (no growth to the grow threshold), and the
-  T2 and FLAIR scored together (`detect --t2 --flair`).
+  T2 and FLAIR scored together (`detect --t2 --flair`), with each `--combine` rule.
+* unreferenced: `detect` on the FLAIR and T2 of the two real tumour scans without a reference segmentation
+  (BraTS-example, a large glioma with mass effect; AURORA-example, a metastasis): found and largest component
+  mL, seconds, and for context a crude size of each scan's hyperintensity (its largest part above median + 3
+  robust SDs; not a segmentation). Overlays for a person to judge go to benchmarks/results/overlays/ (not
+  committed: they show the shared data).
 * healthy: false-positive volume (mL, after the component filter) of `detect` at the auto threshold
   on the MNI152 2009a T1 (from nilearn; skipped without it) and on `--healthy-n` (8) held-out synthetic
   healthy brains of each contrast (1 mm, built-in label map, seeds training and calibration never draw;
@@ -47,9 +52,11 @@ import numpy as np
 from rich.console import Console
 from scipy import ndimage
 
-from common import RESULTS_DIR, TUMOUR, TumourTally, machine, measure, pick_label, require_data, save_results
+from common import (CASES, RESULTS_DIR, TUMOUR, TumourTally, machine, measure, pick_label, require_data,
+                    save_results)
 
 CASE = "TCGA-DU-7294"
+UNREFERENCED = ("BraTS-example", "AURORA-example")  # real tumour scans without a reference segmentation
 HEALTHY_SEED = 700_000
 CONSPICUITY_SEED = 710_000
 CONSPICUITY_SCALES = (1.0, 0.7, 0.5)
@@ -111,6 +118,20 @@ def score_peaks(score: np.ndarray, threshold: float, brain: np.ndarray, ref: np.
             float(score[far].max()) / threshold if far.any() else 0.0)
 
 
+def bright_extent_ml(vol) -> float:
+    """A crude size of a scan's hyperintensity, for context where no reference segmentation exists: the
+    largest connected part of the median-filtered (3^3) scan above its brain's median + 3 robust SDs
+    (1.4826 MAD), in mL. Not a segmentation: it holds bright healthy tissue too, and misses a dark core."""
+    brain = vol.data != 0
+    smooth = ndimage.median_filter(np.asarray(vol.data, np.float32), size=3)
+    values = smooth[brain]
+    centre = float(np.median(values))
+    bright = (smooth > centre + 3.0 * 1.4826 * float(np.median(np.abs(values - centre)))) & brain
+    labels, n = ndimage.label(bright)
+    largest = np.bincount(labels.ravel())[1:].max() if n else 0
+    return round(float(largest) * vol.voxel_volume_ml, 1)
+
+
 def localisation(scores: np.ndarray, labels: np.ndarray) -> dict:
     """Threshold-free figures of a voxel score against the reference (best-possible Dice, AUPRC, AUROC)."""
     from medhdiff.metrics import auprc, auroc, best_dice
@@ -143,6 +164,8 @@ def main() -> None:
     from medhdiff.io import load_volume
     from medhdiff.metrics import dice, psnr, ssim
     from medhdiff.tasks import Predictor
+    from medhdiff.tasks.figures import save_overlay_png
+    from medhdiff.tasks.predictor import COMBINE_RULES
 
     console = Console()
     name = f"detect{args.tag}"
@@ -194,15 +217,16 @@ def main() -> None:
             log(str(row))
         vols = {c: load_volume(TUMOUR / CASE / f"{f}.nii.gz") for f, c in (("t2", "t2"), ("fla", "flair"))}
         brain = vols["t2"].data != 0
-        with measure() as m:
-            r = det_pred.detect_multi(vols)
-        row = {"case": CASE, "contrast": "t2+flair", "method": "medhdiff detect --t2 --flair",
-               "model_sha256": det_pred.sha256[:12], "dice_auto": round(dice(r.mask > 0, seg), 4),
-               **localisation(r.score_map[brain], seg[brain]), "found_ml": r.report["total_lesion_ml"],
-               "reference_ml": round(seg.sum() * vols["t2"].voxel_volume_ml, 2),
-               "seconds": round(m.seconds, 1), "peak_rss_gb": round(m.peak_rss_gb, 3)}
-        rows.append(row)
-        log(str(row))
+        for rule in COMBINE_RULES:
+            with measure() as m:
+                r = det_pred.detect_multi(vols, combine=rule)
+            row = {"case": CASE, "contrast": "t2+flair", "method": f"medhdiff detect --t2 --flair --combine {rule}",
+                   "model_sha256": det_pred.sha256[:12], "dice_auto": round(dice(r.mask > 0, seg), 4),
+                   **localisation(r.score_map[brain], seg[brain]), "found_ml": r.report["total_lesion_ml"],
+                   "reference_ml": round(seg.sum() * vols["t2"].voxel_volume_ml, 2),
+                   "seconds": round(m.seconds, 1), "peak_rss_gb": round(m.peak_rss_gb, 3)}
+            rows.append(row)
+            log(str(row))
         payload["tumour"] = rows
         save_results(name, payload)
     if "healthy" in args.sections:
@@ -258,6 +282,30 @@ def main() -> None:
                     rows.append(row)
                     log(str(row))
         payload["conspicuity"] = rows
+        save_results(name, payload)
+    if "unreferenced" in args.sections:
+        rows = []
+        figures = RESULTS_DIR / "overlays"  # derived from the shared data: kept out of git (.gitignore)
+        figures.mkdir(parents=True, exist_ok=True)
+        for case in UNREFERENCED:
+            for contrast in ("flair", "t2"):
+                vol = load_volume(TUMOUR / case / CASES[case][contrast])
+                with measure() as m:
+                    r = det_pred.detect(vol, contrast=contrast)
+                png = figures / f"{case}_{contrast}_overlay.png"
+                save_overlay_png(vol.data, r.score_map, r.mask, vol.affine, png,
+                                 title=f"{case} {contrast}: {r.report['total_lesion_ml']:.1f} mL")
+                row = {"case": case, "contrast": contrast, "model_sha256": det_pred.sha256[:12],
+                       "found_ml": r.report["total_lesion_ml"], "components": r.report["n_components"],
+                       "largest_ml": max((c["volume_ml"] for c in r.report["components"]), default=0.0),
+                       "bright_3mad_ml": bright_extent_ml(vol), "grow_intensity_percentile":
+                           r.report.get("grow_intensity_percentile"),
+                       "grow_intensity_level": r.report.get("grow_intensity_level"),
+                       "overlay": str(png.relative_to(RESULTS_DIR.parent.parent)),
+                       "seconds": round(m.seconds, 1), "peak_rss_gb": round(m.peak_rss_gb, 3)}
+                rows.append(row)
+                log(str(row))
+        payload["unreferenced"] = rows
         save_results(name, payload)
     if "size" in args.sections:
         cal = det_pred.bundle.meta.get("calibration", {})

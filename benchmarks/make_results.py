@@ -80,6 +80,15 @@ def _grid(r: dict) -> str:
     return "config" if g is None else f"from p{max(g):g}"
 
 
+def _large(r: dict | None) -> str:
+    """A candidates row's large tumours (60-150 mL): reached, found / reference mL, pooled Dice ('' where not
+    measured)."""
+    if not r:
+        return ""
+    return (f"{r['tumours_reached']} of {r['tumours']}, {r['found_ml']:.1f} / {r['reference_ml']:.1f}, "
+            f"{r['pooled_dice']:.3f}")
+
+
 def _peaks(values: list | None) -> str:
     """A size row's per-tumour score peaks, smallest tumour first (blank for rows measured before they were)."""
     return "" if not values else ", ".join(f"{v:.2f}" for v in values)
@@ -225,26 +234,50 @@ def levers_section(lv: dict) -> list[str]:
                       "scored on development brains (healthy 740000+, tumours of 5-60 mL 740500+, small tumours "
                       "of 1-8 mL 741000+) and TCGA-DU-7294 (Dice at the pick, model space). Peaks: each small "
                       "tumour's highest score over the seed level (below 1, no seed starts there)",
-                      ["model", "contrast", "seed tail (floor)", "grow grid", *DEVELOPMENT_HEADER, "small tumours reached",
-                       "small pooled Dice", "small peaks", "TCGA-DU-7294 Dice (found mL)"],
-                      [f"| {r['model']} ({r['sha256']}) | {r['contrast']} | {_tail(r)} | {_grid(r)} | {_development(r)} | "
+                      ["model", "contrast", "seed tail (floor)", "grow grid", "intensity level", *DEVELOPMENT_HEADER,
+                       "small tumours reached", "small pooled Dice", "small peaks",
+                       "60-150 mL: reached, found / reference mL, pooled Dice", "TCGA-DU-7294 Dice (found mL)"],
+                      [f"| {r['model']} ({r['sha256']}) | {r['contrast']} | {_tail(r)} | {_grid(r)} | "
+                       f"{r.get('grow_intensity_level', 'scan')} | {_development(r)} | "
                        f"{r['small_reached']} of {r['small_tumours']} | {r['small_pooled_dice']:.3f} | "
-                       f"{_peaks(sorted(r['small_peaks']))} | {r['real_dice']:.3f} ({r['real_found_ml']:.1f}) |"
+                       f"{_peaks(sorted(r['small_peaks']))} | {_large(r.get('large'))} | "
+                       f"{r['real_dice']:.3f} ({r['real_found_ml']:.1f}) |"
                        for r in lv["candidates"]])
         tested = [r for r in lv["candidates"] if r.get("test")]
         if tested:
             out += _table("Detection: the same picks on held-out test brains no earlier run has seen (healthy "
                           "742000+, tumours of 5-60 mL 742500+, of 1-8 mL 743000+)",
-                          ["model", "contrast", "seed tail (floor)", "grow grid", "calibrated pick",
+                          ["model", "contrast", "seed tail (floor)", "grow grid", "intensity level", "calibrated pick",
                            "healthy brains with a finding",
                            "worst healthy mL", "worst margins", "tumours 5-60 mL reached", "found / reference mL",
-                           "pooled Dice", "tumours 1-8 mL reached", "small pooled Dice"],
-                          [f"| {r['model']} ({r['sha256']}) | {r['contrast']} | {_tail(r)} | {_grid(r)} | {r['pick']} | "
+                           "pooled Dice", "tumours 1-8 mL reached", "small pooled Dice",
+                           "60-150 mL (745000+): reached, found / reference mL, pooled Dice"],
+                          [f"| {r['model']} ({r['sha256']}) | {r['contrast']} | {_tail(r)} | {_grid(r)} | "
+                           f"{r.get('grow_intensity_level', 'scan')} | {r['pick']} | "
                            f"{t['healthy_with_finding']} of {t['healthy']} | {t['worst_healthy_ml']:.2f} | "
                            f"{', '.join(f'{m:.2f}' for m in t['healthy_margins_top3'])} | "
                            f"{t['tumours_reached']} of {t['tumours']} | {t['found_ml']:.1f} / {t['reference_ml']:.1f} | "
                            f"{t['pooled_dice']:.3f} | {t['small']['tumours_reached']} of {t['small']['tumours']} | "
-                           f"{t['small']['pooled_dice']:.3f} |" for r in tested for t in [r["test"]]])
+                           f"{t['small']['pooled_dice']:.3f} | {_large(t.get('large'))} |"
+                           for r in tested for t in [r["test"]]])
+    if lv.get("combine"):
+        def cells(x: dict) -> str:
+            return (f"{x['healthy_with_finding']} of {x['healthy']} | "
+                    f"{x['tumours']['reached']} of {x['tumours']['n']} | "
+                    f"{x['tumours']['found_ml']:.1f} / {x['tumours']['reference_ml']:.1f} | "
+                    f"{x['tumours']['pooled_dice']:.3f} | {x['small']['reached']} of {x['small']['n']} | "
+                    f"{x['small']['pooled_dice']:.3f}")
+
+        head = ["healthy with a finding", "5-60 mL reached", "found / reference mL", "pooled Dice",
+                "1-8 mL reached", "small pooled Dice"]
+        out += _table("Detection: joining T2 and FLAIR (`detect --t2 --flair --combine`), on paired synthetic brains "
+                      "(a seed draws the same brain and tumour in both contrasts), each contrast at the shipped "
+                      "calibration; development (healthy 740000+, 5-60 mL 740500+, 1-8 mL 741000+), then test "
+                      "(742000+, 742500+, 743000+); TCGA-DU-7294 in model space",
+                      ["rule", "order", *[f"dev: {h}" for h in head], *[f"test: {h}" for h in head],
+                       "TCGA-DU-7294 Dice (found mL)"],
+                      [f"| {r['rule']} | {' > '.join(r['order'])} | {cells(r['development'])} | {cells(r['test'])} | "
+                       f"{r['real_dice']:.3f} ({r['real_found_ml']:.1f}) |" for r in lv["combine"]])
     if lv.get("heal_adapt"):
         out += _table("Detection: the patch network adapted to each scan (heal-adapt; shipped calibration)",
                       ["input", "model", "found mL", "Dice @auto", "score p99 / p99.9 in the brain", "AUROC",
@@ -331,6 +364,17 @@ def main() -> None:
                                f"{'met' if r['dice_auto'] >= goal else 'NOT met'} |")
         out += ["", "Published 2D anchors on BraTS (Behrendt et al.), for context only (other data, 2D): "
                 "cDDPM Dice 0.53 / AUPRC 0.59, pDDPM 0.49 / 0.55, AnoDDPM-style DDPM 0.44 / 0.50.", ""]
+        if det.get("unreferenced"):
+            out += _table("Real tumour scans without a reference segmentation (`bench_detect.py --sections "
+                          "unreferenced`): what `detect` finds, beside a crude size of the scan's hyperintensity "
+                          "(its largest part above median + 3 robust SDs: not a segmentation, it holds bright healthy "
+                          "tissue and misses a dark core). Overlays: benchmarks/results/overlays/ (not committed)",
+                          ["case", "contrast", "found mL", "components", "largest mL", "hyperintensity mL (crude)",
+                           "intensity grow", "seconds", "peak RSS GB"],
+                          [f"| {r['case']} | {r['contrast']} | {r['found_ml']:.1f} | {r['components']} | "
+                           f"{r['largest_ml']:.1f} | {r['bright_3mad_ml']:.1f} | "
+                           f"{'none' if r['grow_intensity_percentile'] is None else 'p%g (%s)' % (r['grow_intensity_percentile'], r['grow_intensity_level'])} | "
+                           f"{r['seconds']:.0f} | {r['peak_rss_gb']:.2f} |" for r in det["unreferenced"]])
         if det.get("healthy"):
             out += ["### False positives on healthy scans (auto threshold, after the component filter)", "",
                     "| input | contrast | false-positive mL | seeds only, mL | components | seconds |",

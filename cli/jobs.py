@@ -184,7 +184,8 @@ def detect(
     steps: int | None = typer.Option(None, "--steps", help="Sampling steps per reconstruction (default: the model's)."),
     min_volume: float | None = typer.Option(None, "--min-volume", help="Smallest seed a finding grows from (mL); "
                                                                        "default: the model's calibrated one for the "
-                                                                       "contrast (bundled: 1 for T2, 0.2 otherwise)."),
+                                                                       "contrast, which each report gives as "
+                                                                       "min_component_ml."),
     polarity: str = typer.Option("auto", "--polarity", help="auto, bright, dark or both."),
     mask: Path | None = BRAIN_MASK,
     contrast: str | None = CONTRAST,
@@ -198,6 +199,11 @@ def detect(
     t1: Path | None = typer.Option(None, "--t1", help="One subject's T1 (with --t2/--flair: scored together)."),
     t2: Path | None = typer.Option(None, "--t2", help="One subject's T2 (co-registered with the others)."),
     flair: Path | None = typer.Option(None, "--flair", help="One subject's FLAIR (co-registered with the others)."),
+    combine: str = typer.Option("union", "--combine", help="With --t1/--t2/--flair, how the contrasts' findings "
+                                "join: union (each grown through its own contrast's region), consensus (seeded by "
+                                "any contrast, grown only where every contrast's region agrees) or lead (the "
+                                "contrast the calibration found tumours best in keeps its findings; another's "
+                                "join only where they touch none of them)."),
 ) -> None:
     """Anomaly (e.g. tumour) detection: a score map, a mask and a JSON report per scan.
 
@@ -210,6 +216,8 @@ def detect(
         raise InputError("give either INPUT files or --t1/--t2/--flair for one subject, not both")
     if not multi and not inputs:
         raise InputError("no input: give scans, or --t1/--t2/--flair for one subject")
+    if combine not in ("union", "consensus", "lead"):  # Predictor.combine_findings' rules, before a model loads
+        raise InputError(f"--combine must be union, consensus or lead, got {combine!r}")
     predictor = _predictor(weights, device, batch_size, threads, model="detector")
     if ensemble is not None and ensemble < 1:
         raise InputError("--ensemble must be >= 1")
@@ -232,7 +240,7 @@ def detect(
             vols = {name: load_volume(p, max_memory_gb=max_memory) for name, p in multi.items()}
             vol = next(iter(vols.values()))
             res = predictor.detect_multi(vols, threshold=threshold, ensemble=ensemble, steps=steps, mask=mask_vol,
-                                         min_volume_ml=min_volume, seed=seed, grow=grow)
+                                         min_volume_ml=min_volume, seed=seed, grow=grow, combine=combine)
         else:
             vol = load_volume(case, max_memory_gb=max_memory)
             res = predictor.detect(vol, threshold=threshold, ensemble=ensemble, steps=steps, mask=mask_vol,

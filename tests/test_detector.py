@@ -101,6 +101,7 @@ def test_the_shipped_detector_calibration_follows_its_recipe():
         assert cal.get("score_smooth_mm", {}).get(contrast, 0.0) == d.score_smooth_mm.get(contrast, 0.0)
         assert pick.get("grow_intensity_percentile") in {None, *d.grow_intensity_percentiles}
         assert cal.get("grow_intensity_percentile", {}).get(contrast) == pick.get("grow_intensity_percentile")
+        assert cal.get("grow_intensity_level", {}).get(contrast, "scan") == d.intensity_level(contrast)
         assert pick["seed_percentile"] in {d.percentile, *d.seed_percentiles}
         # the grow grid: the contrast's own (detect.grow_percentiles_by_contrast), recorded where it differs
         grid = d.grow_grid(contrast)
@@ -206,6 +207,48 @@ def test_multi_contrast_findings_grow_only_through_their_own_contrast(model_dir,
     off = pred.detect_multi({"t2": vol, "flair": vol}, min_volume_ml=0.05, grow="off")
     assert off.mask.sum() == 128                      # the two 64-voxel seeds
     np.testing.assert_allclose(res.score_map, np.maximum(flair / 0.8, t2 / 1.6))
+    assert res.report["combine"] == "union"
+    for rule in ("consensus", "lead"):  # the same here: each contrast's finding lies in the other's region
+        other = pred.detect_multi({"t2": vol, "flair": vol}, min_volume_ml=0.05, combine=rule)
+        assert other.report["combine"] == rule and other.mask.sum() <= res.mask.sum()
+    with pytest.raises(InputError, match="--combine"):
+        pred.detect_multi({"t2": vol, "flair": vol}, combine="max")
+
+def test_combination_rules_for_several_contrasts():
+    """union: each contrast grows through its own region; consensus: through the voxels every region holds;
+    lead: the leading contrast's findings, plus another's only where it touches none of them."""
+    import numpy as np
+
+    shape = (30, 30, 30)
+    t2, flair = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    t2[10:14, 10:14, 10:14] = 2.0                     # a T2 seed (64 voxels) ...
+    t2_grow = np.zeros(shape, bool)
+    t2_grow[6:20, 6:20, 6:20] = True                  # ... whose own region over-grows (2744 voxels)
+    flair[11:15, 11:15, 11:15] = 2.0                  # the FLAIR seed of the same lesion
+    flair_grow = np.zeros(shape, bool)
+    flair_grow[9:16, 9:16, 9:16] = True               # a tighter region (343 voxels)
+    t2[24:27, 24:27, 24:27] = 2.0                     # a second lesion only T2 sees (27 voxels)
+    t2_grow[23:28, 23:28, 23:28] = True               # its region: 125 voxels
+    norms, grows = {"t2": t2, "flair": flair}, {"t2": t2_grow, "flair": flair_grow}
+    ml = {"t2": 0.0, "flair": 0.0}
+
+    def mask(rule, order=None):
+        found = Predictor.combine_findings(norms, grows, ml, 0.001, 1.0, rule, order)
+        return found, np.logical_or.reduce(list(found.values()))
+
+    found, union = mask("union")
+    assert found["t2"].sum() == 2744 + 125 and found["flair"].sum() == 343 and union.sum() == 2744 + 125
+    found, consensus = mask("consensus")
+    # the first lesion is bounded by both regions; the second, where FLAIR has no region, keeps only its seed
+    assert found["flair"].sum() == 343 and (found["t2"][:20] == flair_grow[:20]).all()
+    assert consensus[24:27, 24:27, 24:27].all() and consensus.sum() == 343 + 27
+    found, lead = mask("lead", ["flair", "t2"])
+    assert (found["flair"] == flair_grow).all() and found["t2"].sum() == 125  # T2's over-grown copy is dropped
+    assert lead.sum() == 343 + 125
+    assert (mask("lead", ["t2", "flair"])[1] == union).all()  # T2 first: FLAIR's finding touches T2's
+    with pytest.raises(InputError, match="combination rule"):
+        Predictor.combine_findings(norms, grows, ml, 0.001, 1.0, "intersection")
+
 
 def test_grow_thresholds_are_calibrated_on_synthetic_tumours_and_read_by_detect(model_dir, tmp_path):
     from medhdiff.training.calibrate import calibrate_detection
@@ -495,6 +538,74 @@ def test_bright_region_is_the_scans_own_top_intensities_inside_the_scored_region
     assert not regions[99.9].any()  # its level is the cube's own intensity
     assert (Predictor.bright_regions(image, brain, [97.0])[97.0] == region).all()  # one at a time: the same
     assert Predictor.bright_regions(image, brain, []) == {}  # nothing asked: no filtering
+
+
+def test_robust_bright_level_is_not_raised_by_a_large_bright_lesion():
+    """A lesion filling the scan's upper tail raises its empirical percentile into the lesion, which then
+    keeps only its brightest core; the percentile of a normal fitted by median and MAD stays at the
+    healthy tissue's level and takes the whole lesion."""
+    import numpy as np
+
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    brain = np.zeros((40, 40, 40), bool)
+    brain[2:38, 2:38, 2:38] = True
+    image = np.where(brain, 1.0 + 0.05 * rng.standard_normal(brain.shape), 0.0).astype(np.float32)
+    lesion = np.zeros_like(brain)
+    lesion[8:22, 8:22, 8:22] = True                  # 2744 of the ~32800 scored voxels: 8 %
+    ramp = np.linspace(1.6, 2.4, 14, dtype=np.float32)[:, None, None]  # brighter towards one side
+    image[8:22, 8:22, 8:22] = ramp + 0.05 * rng.standard_normal((14, 14, 14)).astype(np.float32)
+    scan = Predictor.bright_regions(image, brain, [98.0])[98.0]
+    robust = Predictor.bright_regions(image, brain, [98.0], "robust")[98.0]
+    inner = ndimage.binary_erosion(brain, iterations=2)
+    tissue = inner & ~lesion
+    assert (robust & lesion).sum() > 2600  # the whole lesion, less its median-filtered corners
+    # and of the healthy tissue about its nominal 2 %, scattered noise voxels that no seed reaches
+    assert 0.01 < (robust & tissue).sum() / tissue.sum() < 0.03
+    assert (scan & lesion).sum() < 0.3 * lesion.sum() and not (scan & tissue).any()  # the lesion's bright end
+    # without a lesion the fit is the tissue's own distribution: its 99.9th percentile marks about 0.1 %
+    healthy = np.where(brain, 1.0 + 0.05 * rng.standard_normal(brain.shape), 0.0).astype(np.float32)
+    assert Predictor.bright_regions(healthy, brain, [99.9], "robust")[99.9].sum() < 0.003 * inner.sum()
+    with pytest.raises(InputError, match="robust"):
+        Predictor.bright_regions(image, brain, [98.0], "mad")
+
+
+def test_grow_intensity_level_is_per_contrast_and_needs_intensity_percentiles():
+    d = DetectConfig(percentile=99.9, grow_percentiles=(99.0,), grow_intensity_percentiles=(98.0,),
+                     grow_intensity_level={"flair": "robust"})
+    assert d.intensity_level("flair") == "robust" and d.intensity_level("t2") == "scan"
+    assert d.for_contrast("flair").intensity_level("flair") == "robust"
+    with pytest.raises(InputError, match="scan or robust"):
+        DetectConfig(percentile=99.9, grow_percentiles=(99.0,), grow_intensity_percentiles=(98.0,),
+                     grow_intensity_level={"flair": "mad"})
+    with pytest.raises(InputError, match="needs grow_intensity_percentiles"):
+        DetectConfig(percentile=99.9, grow_percentiles=(99.0,), grow_intensity_level={"flair": "robust"})
+
+
+def test_detect_applies_the_calibrated_intensity_level(model_dir, tmp_path):
+    """With the calibration's grow_intensity_level, detect forms the intensity grow region at that level, and
+    the report says which."""
+    from medhdiff.diffusion.bundle import update_bundle_meta
+
+    model, base = _calibrated_copy(model_dir, tmp_path, threshold={"t2": 0.05}, grow_threshold={"t2": 0.04})
+    scan = _tiny_scan()
+    seen = []
+    real = Predictor.bright_regions
+
+    def spy(image, brain, percentiles, level="scan"):
+        seen.append(level)
+        return real(image, brain, percentiles, level)
+
+    for level in ("scan", "robust"):
+        update_bundle_meta(model, calibration=dict(base, grow_intensity_percentile={"t2": 90.0},
+                                                   grow_intensity_level={"t2": level}))
+        pred = Predictor(model, device="cpu")
+        pred.bright_regions = spy
+        res = pred.detect(scan, contrast="t2", min_volume_ml=0.0)
+        assert seen[-1] == level and res.report["grow_intensity_level"] == level
+    off = pred.detect(scan, contrast="t2", min_volume_ml=0.0, grow="off")
+    assert off.report["grow_intensity_level"] is None
 
 
 def test_detect_joins_the_calibrated_intensity_grow_region(model_dir, tmp_path):
@@ -819,10 +930,12 @@ def test_calibration_scores_and_records_a_contrasts_own_grow_grid(model_dir, tmp
     cfg.data.contrasts = ("t2", "flair")
     settings = DetectConfig(strengths=(0.2,), steps=1, ensemble=1, healthy_volumes=2, lesion_volumes=1,
                             percentile=99.9, seed_percentiles=(99.5,), grow_percentiles=(99.0, 95.0),
-                            grow_percentiles_by_contrast={"t2": (99.8, 99.0, 95.0)}, min_useful_dice=0.0)
+                            grow_percentiles_by_contrast={"t2": (99.8, 99.0, 95.0)}, min_useful_dice=0.0,
+                            grow_intensity_percentiles=(98.0,), grow_intensity_level={"flair": "robust"})
     cal = calibrate_detection(model, cfg, detect=settings)
     assert cal["grow_percentiles"] == {"t2": [99.8, 99.0, 95.0], "flair": [99.0, 95.0]}
     grows = {c: {float(k.split("/")[1]) for k in cal["synthetic_tumour"][c]["dice_and_healthy_fp_ml_by_seed_grow_percentile"]}
              for c in ("t2", "flair")}
     assert grows == {"t2": {99.8, 99.0, 95.0}, "flair": {99.0, 95.0}}
+    assert cal["grow_intensity_level"] == {"t2": "scan", "flair": "robust"}
     assert cal["hysteresis"]["t2"]["grow_percentile"] in grows["t2"]

@@ -38,6 +38,9 @@ ProgressFn = Callable[[str, int, int], None]
 #: Contrasts whose lesions are hyperintense (tumour, oedema, MS plaques).
 BRIGHT_LESION_CONTRASTS = ("t2", "flair")
 
+#: How ``detect_multi`` joins several contrasts' findings (``Predictor.combine_findings``).
+COMBINE_RULES = ("union", "consensus", "lead")
+
 
 #: The bundled models: ``default`` (denoise, reconstruct) and ``detector`` (detect).
 BUNDLED_MODELS = ("default", "detector")
@@ -504,6 +507,41 @@ class Predictor:
         hit[0] = False
         return hit[grown]
 
+    @classmethod
+    def combine_findings(cls, norms: dict[str, np.ndarray], grows: dict[str, np.ndarray | None],
+                         seed_ml: dict[str, float], voxel_ml: float, level: float = 1.0, rule: str = "union",
+                         order: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Each contrast's findings when one subject's co-registered contrasts are scored together; the
+        mask is their union. ``norms`` are the score maps divided by their seed thresholds, so every
+        contrast seeds above ``level`` (with its own smallest seed, ``seed_ml``); ``grows`` are their grow
+        regions (``None``: no growth). ``rule``:
+
+        * ``"union"``: each contrast's seeds grow through its own grow region, as if scored alone;
+        * ``"consensus"``: seeds still come from any contrast, but grow only through voxels that every
+          contrast with a grow region calls abnormal: one contrast finds, all of them bound the extent;
+        * ``"lead"``: the first contrast of ``order`` keeps its findings as if scored alone; a later
+          contrast's finding joins only where it touches none of those already kept.
+        """
+        if rule not in COMBINE_RULES:
+            raise InputError(f"the combination rule must be one of {', '.join(COMBINE_RULES)}, got {rule!r}")
+        names = list(order or norms)
+        if sorted(names) != sorted(norms):
+            raise ValueError("order must name each contrast once")
+        if rule == "consensus":
+            present = [g for g in grows.values() if g is not None]
+            shared = np.logical_and.reduce(present) if present else None
+            grows = {n: None if grows[n] is None else shared for n in names}
+        found = {n: cls._findings(norms[n], level, voxel_ml, seed_ml[n], grows[n]) for n in names}
+        if rule == "lead":
+            kept = np.zeros(next(iter(norms.values())).shape, dtype=bool)
+            for n in names:
+                labels, count = ndimage.label(found[n])
+                touch = np.zeros(count + 1, dtype=bool)
+                touch[labels[kept & (labels > 0)]] = True
+                found[n] = (labels > 0) & ~touch[labels]
+                kept |= found[n]
+        return found
+
     @staticmethod
     def _describe(keep: np.ndarray, score_map: np.ndarray, volume: Volume) -> list[dict]:
         """One report entry per connected component of ``keep``, largest first."""
@@ -608,15 +646,18 @@ class Predictor:
     def detect_multi(self, volumes: dict[str, Volume], *, threshold: float | str = "auto",
                      ensemble: int | None = None, steps: int | None = None,
                      mask: Volume | np.ndarray | None = None, min_volume_ml: float | None = None,
-                     seed: int = 0, grow: str | None = "auto") -> DetectResult:
+                     seed: int = 0, grow: str | None = "auto", combine: str = "union") -> DetectResult:
         """One subject's co-registered scans of several contrasts (e.g. T2 and FLAIR) together.
 
         Each contrast is scored on its own and divided by its own calibrated
         threshold; the map written is their voxel-wise maximum. A contrast's
         findings are its components above 1 (``--threshold`` scales that level),
-        each grown through that contrast's own grow region (``grow="off"``
-        disables growth), and the mask is the union over contrasts. A seed in
-        one contrast never grows through another contrast's grow region, whose
+        grown through the grow regions (``grow="off"`` disables growth) as
+        ``combine`` says (``combine_findings``: ``"union"``, each through its
+        own; ``"consensus"``, through the voxels every contrast's region holds;
+        ``"lead"``, the contrast of best calibrated synthetic-tumour Dice first),
+        and the mask is the union over contrasts. A seed in one contrast never
+        grows through voxels only another contrast's grow region holds: that
         level was calibrated for that contrast's own seeds.
         """
         start = time.time()
@@ -636,24 +677,31 @@ class Predictor:
                 raise InputError(f"--threshold must be auto or a number, got {threshold!r}") from None
         if grow not in (None, "auto", "off"):
             raise InputError("with several contrasts --grow must be auto or off")
-        combined, keep, per, grown = None, np.zeros(ref.shape, dtype=bool), {}, False
+        if combine not in COMBINE_RULES:
+            raise InputError(f"--combine must be one of {', '.join(COMBINE_RULES)}, got {combine!r}")
+        combined, per, norms, grows, seed_mls = None, {}, {}, {}, {}
         for name, vol in items:
             score_map, _, settings, grow_mask = self._score(vol, threshold="auto", ensemble=ensemble, strengths=None,
                                                             steps=steps, mask=mask, contrast=name, polarity="auto",
                                                             seed=seed, grow=grow)
             norm = score_map / max(settings["threshold"], 1e-12)
             combined = norm if combined is None else np.maximum(combined, norm)
-            grown |= grow_mask is not None
-            seed_ml = self._min_volume(min_volume_ml, settings.get("contrast", name))
-            found = self._findings(norm, level, ref.voxel_volume_ml, seed_ml, grow_mask)
-            keep |= found
+            norms[name], grows[name] = norm, grow_mask
+            seed_ml = seed_mls[name] = self._min_volume(min_volume_ml, settings.get("contrast", name))
             per[name] = {**{k: settings.get(k) for k in ("threshold", "threshold_source", "grow_threshold",
                                                      "grow_intensity_percentile", "grow_intensity_level",
                                                      "grow_opening_mm", "score_scale",
                                                      "score_smooth_mm", "polarity")},
                          "min_component_ml": seed_ml,
-                         "calibration_check": self._calibration_check(name, warn=False),
-                         "found_ml": round(float(found.sum()) * ref.voxel_volume_ml, 3)}
+                         "calibration_check": self._calibration_check(name, warn=False)}
+        # "lead": the contrast whose calibration found synthetic tumours best goes first (ties: as given)
+        dice_of = {n: ((per[n]["calibration_check"] or {}).get("synthetic_tumour_dice") or 0.0) for n in per}
+        order = sorted(per, key=lambda n: -dice_of[n])
+        found = self.combine_findings(norms, grows, seed_mls, ref.voxel_volume_ml, level, combine, order)
+        keep = np.logical_or.reduce(list(found.values()))
+        for name in per:
+            per[name]["found_ml"] = round(float(found[name].sum()) * ref.voxel_volume_ml, 3)
+        grown = any(g is not None for g in grows.values())
         components = self._describe(keep, combined, ref)
         settings = {"contrast": "+".join(volumes), "polarity": "per contrast", "threshold": level,
                     "threshold_source": "each contrast's map divided by its calibrated threshold",
@@ -663,5 +711,6 @@ class Predictor:
         report = self._report(ref, settings, components, {n: v["min_component_ml"] for n, v in per.items()}, start)
         report["inputs"] = {name: str(v.path) if v.path else None for name, v in items}
         report["per_contrast"] = per
+        report["combine"] = combine
         return DetectResult(score_map=combined.astype(np.float32), mask=keep.astype(np.uint8), report=report,
                             reconstruction=None, seconds=time.time() - start)
