@@ -13,7 +13,7 @@ default model (or `--weights`), as the commands do.
   (what `detect` used before the detection model existed).
   Beside `detect`'s Dice, the Dice of the seeds alone (no growth to the grow threshold), and the
   T2 and FLAIR scored together (`detect --t2 --flair`), with each `--combine` rule.
-* unreferenced: `detect` on the FLAIR and T2 of the two real tumour scans without a reference segmentation
+* unreferenced: `detect` on the FLAIR and T2 (alone and together) of the two real tumour scans without a reference segmentation
   (BraTS-example, a large glioma with mass effect; AURORA-example, a metastasis): found and largest component
   mL, seconds, and for context a crude size of each scan's hyperintensity (its largest part above median + 3
   robust SDs; not a segmentation). Overlays for a person to judge go to benchmarks/results/overlays/ (not
@@ -288,19 +288,24 @@ def main() -> None:
         figures = RESULTS_DIR / "overlays"  # derived from the shared data: kept out of git (.gitignore)
         figures.mkdir(parents=True, exist_ok=True)
         for case in UNREFERENCED:
-            for contrast in ("flair", "t2"):
-                vol = load_volume(TUMOUR / case / CASES[case][contrast])
+            for contrast in ("flair", "t2", "t2+flair"):
+                vol = load_volume(TUMOUR / case / CASES[case][contrast.split("+")[0]])
                 with measure() as m:
-                    r = det_pred.detect(vol, contrast=contrast)
-                png = figures / f"{case}_{contrast}_overlay.png"
+                    if "+" in contrast:  # detect --t2 --flair, its default combination
+                        r = det_pred.detect_multi({c: load_volume(TUMOUR / case / CASES[case][c])
+                                                   for c in contrast.split("+")})
+                    else:
+                        r = det_pred.detect(vol, contrast=contrast)
+                src = r.report.get("per_contrast", {}).get("flair", r.report)  # FLAIR's intensity grow, if any
+                png = figures / f"{case}_{contrast.replace('+', '_')}_overlay.png"
                 save_overlay_png(vol.data, r.score_map, r.mask, vol.affine, png,
                                  title=f"{case} {contrast}: {r.report['total_lesion_ml']:.1f} mL")
                 row = {"case": case, "contrast": contrast, "model_sha256": det_pred.sha256[:12],
                        "found_ml": r.report["total_lesion_ml"], "components": r.report["n_components"],
                        "largest_ml": max((c["volume_ml"] for c in r.report["components"]), default=0.0),
                        "bright_3mad_ml": bright_extent_ml(vol), "grow_intensity_percentile":
-                           r.report.get("grow_intensity_percentile"),
-                       "grow_intensity_level": r.report.get("grow_intensity_level"),
+                           src.get("grow_intensity_percentile"), "grow_intensity_level": src.get("grow_intensity_level"),
+                       "combine": r.report.get("combine"),
                        "overlay": str(png.relative_to(RESULTS_DIR.parent.parent)),
                        "seconds": round(m.seconds, 1), "peak_rss_gb": round(m.peak_rss_gb, 3)}
                 rows.append(row)

@@ -199,17 +199,18 @@ def detect(
     t1: Path | None = typer.Option(None, "--t1", help="One subject's T1 (with --t2/--flair: scored together)."),
     t2: Path | None = typer.Option(None, "--t2", help="One subject's T2 (co-registered with the others)."),
     flair: Path | None = typer.Option(None, "--flair", help="One subject's FLAIR (co-registered with the others)."),
-    combine: str = typer.Option("union", "--combine", help="With --t1/--t2/--flair, how the contrasts' findings "
-                                "join: union (each grown through its own contrast's region), consensus (seeded by "
-                                "any contrast, grown only where every contrast's region agrees) or lead (the "
-                                "contrast the calibration found tumours best in keeps its findings; another's "
-                                "join only where they touch none of them)."),
+    combine: str = typer.Option("consensus", "--combine", help="With --t1/--t2/--flair, how the contrasts' "
+                                "findings join: consensus (seeded by any contrast, grown only where every "
+                                "contrast's grow region agrees), union (each grown through its own contrast's "
+                                "region) or lead (the contrast the calibration found tumours best in keeps its "
+                                "findings; another's join only where they touch none of them)."),
 ) -> None:
     """Anomaly (e.g. tumour) detection: a score map, a mask and a JSON report per scan.
 
     With --t1/--t2/--flair, one subject's co-registered scans are scored together: the map is the
-    maximum of each contrast's map divided by its calibrated threshold, and the mask is the union of
-    each contrast's own findings (seeded and grown at that contrast's calibrated levels).
+    maximum of each contrast's map divided by its calibrated threshold, and the mask holds each
+    contrast's findings, seeded at that contrast's calibrated level and grown (--combine consensus)
+    only where every contrast's calibrated grow region agrees.
     """
     multi = {name: path for name, path in (("t1", t1), ("t2", t2), ("flair", flair)) if path is not None}
     if multi and inputs:

@@ -234,7 +234,7 @@ def test_detect_one_subject_several_contrasts(model_dir, tmp_path):
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "out" / "subj_t2_report.json").read_text())
     assert report["contrast"] == "t2+flair" and set(report["per_contrast"]) == {"t2", "flair"}
-    assert report["combine"] == "union"
+    assert report["combine"] == "consensus"  # the default
     assert report["threshold"] == 1.0
     # each contrast seeds with its own smallest component, and the report names each
     assert report["min_component_ml"] == {c: report["per_contrast"][c]["min_component_ml"] for c in ("t2", "flair")}

@@ -646,17 +646,20 @@ class Predictor:
     def detect_multi(self, volumes: dict[str, Volume], *, threshold: float | str = "auto",
                      ensemble: int | None = None, steps: int | None = None,
                      mask: Volume | np.ndarray | None = None, min_volume_ml: float | None = None,
-                     seed: int = 0, grow: str | None = "auto", combine: str = "union") -> DetectResult:
+                     seed: int = 0, grow: str | None = "auto", combine: str = "consensus") -> DetectResult:
         """One subject's co-registered scans of several contrasts (e.g. T2 and FLAIR) together.
 
         Each contrast is scored on its own and divided by its own calibrated
         threshold; the map written is their voxel-wise maximum. A contrast's
         findings are its components above 1 (``--threshold`` scales that level),
         grown through the grow regions (``grow="off"`` disables growth) as
-        ``combine`` says (``combine_findings``: ``"union"``, each through its
-        own; ``"consensus"``, through the voxels every contrast's region holds;
-        ``"lead"``, the contrast of best calibrated synthetic-tumour Dice first),
-        and the mask is the union over contrasts. A seed in one contrast never
+        ``combine`` says (``combine_findings``: ``"consensus"``, the default,
+        through the voxels every contrast's region holds; ``"union"``, each
+        through its own; ``"lead"``, the contrast of best calibrated
+        synthetic-tumour Dice first), and the mask is the union over contrasts.
+        Consensus was chosen on paired synthetic brains (bench_levers' combine
+        section): one contrast's over-grown extent (T2's) no longer carries the
+        joint finding. A seed in one contrast never
         grows through voxels only another contrast's grow region holds: that
         level was calibrated for that contrast's own seeds.
         """
