@@ -262,18 +262,22 @@ def levers_section(lv: dict) -> list[str]:
                            for r in tested for t in [r["test"]]])
     if lv.get("combine"):
         def cells(x: dict) -> str:
+            large = x.get("large") or {}
             return (f"{x['healthy_with_finding']} of {x['healthy']} | "
                     f"{x['tumours']['reached']} of {x['tumours']['n']} | "
                     f"{x['tumours']['found_ml']:.1f} / {x['tumours']['reference_ml']:.1f} | "
                     f"{x['tumours']['pooled_dice']:.3f} | {x['small']['reached']} of {x['small']['n']} | "
-                    f"{x['small']['pooled_dice']:.3f}")
+                    f"{x['small']['pooled_dice']:.3f} | " + (
+                        f"{large['reached']} of {large['n']}, {large['found_ml']:.1f} / {large['reference_ml']:.1f}, "
+                        f"{large['pooled_dice']:.3f}" if large.get("n") else ""))
 
         head = ["healthy with a finding", "5-60 mL reached", "found / reference mL", "pooled Dice",
-                "1-8 mL reached", "small pooled Dice"]
+                "1-8 mL reached", "small pooled Dice", "60-150 mL: reached, found / reference mL, pooled Dice"]
         out += _table("Detection: joining T2 and FLAIR (`detect --t2 --flair --combine`), on paired synthetic brains "
                       "(a seed draws the same brain and tumour in both contrasts), each contrast at the shipped "
                       "calibration; development (healthy 740000+, 5-60 mL 740500+, 1-8 mL 741000+), then test "
-                      "(742000+, 742500+, 743000+); TCGA-DU-7294 in model space",
+                      "(742000+, 742500+, 743000+); 60-150 mL tumours 744000+ and 745000+ (a disclosure added after the rule); "
+                      "TCGA-DU-7294 in model space",
                       ["rule", "order", *[f"dev: {h}" for h in head], *[f"test: {h}" for h in head],
                        "TCGA-DU-7294 Dice (found mL)"],
                       [f"| {r['rule']} | {' > '.join(r['order'])} | {cells(r['development'])} | {cells(r['test'])} | "
@@ -368,7 +372,8 @@ def main() -> None:
             out += _table("Real tumour scans without a reference segmentation (`bench_detect.py --sections "
                           "unreferenced`): what `detect` finds, beside a crude size of the scan's hyperintensity "
                           "(its largest part above median + 3 robust SDs: not a segmentation, it holds bright healthy "
-                          "tissue and misses a dark core). Overlays: benchmarks/results/overlays/ (not committed)",
+                          "tissue and misses a dark core; the T2's for T2 + FLAIR). Overlays: benchmarks/results/overlays/ "
+                          "(not committed)",
                           ["case", "contrast", "found mL", "components", "largest mL", "hyperintensity mL (crude)",
                            "intensity grow", "seconds", "peak RSS GB"],
                           [f"| {r['case']} | {r['contrast']} | {r['found_ml']:.1f} | {r['components']} | "
