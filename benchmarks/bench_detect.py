@@ -296,7 +296,7 @@ def main() -> None:
                                                    for c in contrast.split("+")})
                     else:
                         r = det_pred.detect(vol, contrast=contrast)
-                src = r.report.get("per_contrast", {}).get("flair", r.report)  # FLAIR's intensity grow, if any
+                src = r.report.get("per_contrast", {}).get("flair", r.report)  # T2 + FLAIR: FLAIR's intensity grow
                 png = figures / f"{case}_{contrast.replace('+', '_')}_overlay.png"
                 save_overlay_png(vol.data, r.score_map, r.mask, vol.affine, png,
                                  title=f"{case} {contrast}: {r.report['total_lesion_ml']:.1f} mL")

@@ -175,6 +175,7 @@ them to RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -182,6 +183,8 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+
+from medhdiff.training.config import INTENSITY_LEVELS
 
 from common import (CASES, RESULTS_DIR, ROOT, TUMOUR, TumourTally, add_rician, machine, measure, noise_seed,
                     opening_summary, pick_label, require_data, save_results)
@@ -443,8 +446,8 @@ def _reconstructed(console: Console, pred, d, contrast: str, brains, cache: Path
     brain's score map is formed as it comes and its residuals dropped: a section that reads only that map
     then holds one brain's residuals at a time, not all of them (16.6 GB for 123 T2 brains). ``levels`` names
     intensity grow levels besides ``"scan"`` (``Predictor.bright_regions``): each brain's regions at those are
-    kept in ``item["bright_by_level"]`` (cached beside the residuals; a cached brain is prepared again, not
-    reconstructed, to form them)."""
+    kept in ``item["bright_by_level"]`` (cached in a subfolder per level, ``bright_<level>/``, apart from the
+    residual files other sections glob; a cached brain is prepared again, not reconstructed, to form them)."""
     from medhdiff.io import Volume
     from medhdiff.tasks import Predictor
 
@@ -453,15 +456,17 @@ def _reconstructed(console: Console, pred, d, contrast: str, brains, cache: Path
     for tag, s, image, aff, brain, lesion in brains:
         by_level = {}
         for level in (lv for lv in levels if lv != "scan"):
-            side = None if cache is None else cache / f"{contrast}_{tag}_{s}_{level}.npz"
+            side = None if cache is None else cache / f"bright_{level}" / f"{contrast}_{tag}_{s}.npz"
             if side is not None and side.is_file():
                 with np.load(side) as z:
-                    by_level[level] = {float(k): z[k] for k in z.files}
-                continue
+                    stored = {float(k): z[k] for k in z.files}
+                if set(map(float, d.grow_intensity_percentiles)) <= set(stored):  # else formed again
+                    by_level[level] = stored
+                    continue
             prep = pred.prepare(Volume(image, aff), mask=brain)
             by_level[level] = Predictor.bright_regions(prep.image, prep.mask, d.grow_intensity_percentiles, level)
             if side is not None:
-                cache.mkdir(parents=True, exist_ok=True)
+                side.parent.mkdir(parents=True, exist_ok=True)
                 np.savez_compressed(side, **{str(k): v for k, v in by_level[level].items()})
         path = None if cache is None else cache / f"{contrast}_{tag}_{s}.npz"
         if path is None or not path.is_file():
@@ -888,31 +893,36 @@ def combine(console: Console, cache: Path, n_healthy: int, n_tumours: int, n_sma
         return [s for s in sets[tag] if (where / f"{contrast}_{tag}_{s}.npz").is_file()]
 
     items = {}  # (tag, seed) -> {contrast: (normalised score, grow region, mask, reference)}
+    if cal.get("grow_opening_mm", 0.0):
+        sys.exit("error: the combine section does not open grow regions; this calibration does")
     for contrast in contrasts:
-        d = base.for_contrast(contrast)
+        # the score as the shipped calibration forms it (its scale and smoothing, not the config's)
+        d = dataclasses.replace(base.for_contrast(contrast),
+                                score_scale={contrast: (cal.get("score_scale") or {}).get(contrast, "none")},
+                                score_smooth_mm={contrast: (cal.get("score_smooth_mm") or {}).get(contrast, 0.0)})
         level = cal.get("grow_intensity_level", {}).get(contrast, "scan")
         scored = _scorer(d, contrast)
-        thr, grow_thr = cal["threshold"][contrast], cal["grow_threshold"][contrast]
-        q = cal["grow_intensity_percentile"][contrast]
+        thr = cal["threshold"][contrast]
+        grow_thr = Predictor._grow_threshold("auto", cal, contrast, thr)  # None: no growth, as detect reads it
+        q = cal["grow_intensity_percentile"][contrast] if grow_thr is not None else None
         for tag in sets:
             seeds = [s for s in cached(contrast, tag) if s in cached("t2" if contrast == "flair" else "flair", tag)]
             brains = [(tag, s, None, None, None, None) for s in seeds]  # from the cache: no image needed
             for s, item in zip(seeds, _reconstructed(console, pred, d, contrast, brains, where, scored,
                                                      (level,) if q is not None else ())):
                 sc = scored(item)
-                grow = sc > grow_thr
+                grow = None if grow_thr is None else sc > grow_thr
                 if q is not None:
                     grow |= item["bright_by_level"][level][q]
                 items.setdefault((tag, s), {})[contrast] = (sc / thr, grow, item["mask"], item["ref"])
-    dice_of = {c: (cal.get("synthetic_tumour", {}).get(c) or {}).get("dice_at_calibrated", 0.0) for c in contrasts}
-    order = sorted(contrasts, key=lambda c: -dice_of[c])
+    order, useful = Predictor.lead_order(cal, contrasts)  # as detect_multi orders and bounds them
     seed_ml = {c: cal["seed_min_volume_ml"][c] for c in contrasts}
     rows = []
     for rule in COMBINE_RULES:
         tallies = {}
         for (tag, s), per in items.items():
             found = Predictor.combine_findings({c: per[c][0] for c in contrasts}, {c: per[c][1] for c in contrasts},
-                                               seed_ml, VOXEL_ML, 1.0, rule, order)
+                                               seed_ml, VOXEL_ML, 1.0, rule, order, useful)
             inside = np.logical_and.reduce([per[c][2] for c in contrasts])
             mask = np.logical_or.reduce(list(found.values())) & inside
             tallies.setdefault(tag, []).append((mask, per[contrasts[0]][3], {c: float(found[c].sum()) * VOXEL_ML
@@ -973,7 +983,7 @@ def main() -> None:
     ap.add_argument("--grow-grids", nargs="+", default=["config"],
                     help="candidates: grow-percentile grids, each 'config' (the contrast's grid in the config) or a "
                          "comma-separated list, e.g. 99.9,99.8,99.5,99,98,97,95,93,90,85,80")
-    ap.add_argument("--intensity-levels", nargs="+", default=["config"], choices=["config", "scan", "robust"],
+    ap.add_argument("--intensity-levels", nargs="+", default=["config"], choices=["config", *INTENSITY_LEVELS],
                     help="candidates: what intensity grow percentiles are of: 'config' (the contrast's "
                          "detect.grow_intensity_level), 'scan' or 'robust'")
     ap.add_argument("--dev-large", type=int, default=0,

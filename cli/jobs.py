@@ -199,11 +199,12 @@ def detect(
     t1: Path | None = typer.Option(None, "--t1", help="One subject's T1 (with --t2/--flair: scored together)."),
     t2: Path | None = typer.Option(None, "--t2", help="One subject's T2 (co-registered with the others)."),
     flair: Path | None = typer.Option(None, "--flair", help="One subject's FLAIR (co-registered with the others)."),
-    combine: str = typer.Option("consensus", "--combine", help="With --t1/--t2/--flair, how the contrasts' "
-                                "findings join: consensus (seeded by any contrast, grown only where every "
-                                "contrast's grow region agrees), union (each grown through its own contrast's "
-                                "region) or lead (the contrast the calibration found tumours best in keeps its "
-                                "findings; another's join only where they touch none of them)."),
+    combine: str | None = typer.Option(None, "--combine", help="With --t1/--t2/--flair, how the contrasts' "
+                                       "findings join: consensus (the default; seeded by any contrast, grown only "
+                                       "where every contrast's grow region agrees), union (each grown through its "
+                                       "own contrast's region) or lead (the contrast the calibration found tumours "
+                                       "best in keeps its findings; another's join only where they touch none of "
+                                       "them)."),
 ) -> None:
     """Anomaly (e.g. tumour) detection: a score map, a mask and a JSON report per scan.
 
@@ -217,8 +218,13 @@ def detect(
         raise InputError("give either INPUT files or --t1/--t2/--flair for one subject, not both")
     if not multi and not inputs:
         raise InputError("no input: give scans, or --t1/--t2/--flair for one subject")
-    if combine not in ("union", "consensus", "lead"):  # Predictor.combine_findings' rules, before a model loads
-        raise InputError(f"--combine must be union, consensus or lead, got {combine!r}")
+    if combine is not None and not multi:
+        raise InputError("--combine joins one subject's --t1/--t2/--flair scans; give those, or leave it out")
+    from medhdiff.tasks.predictor import COMBINE_RULES
+
+    combine = combine or "consensus"
+    if combine not in COMBINE_RULES:  # checked before a model loads
+        raise InputError(f"--combine must be one of {', '.join(COMBINE_RULES)}, got {combine!r}")
     predictor = _predictor(weights, device, batch_size, threads, model="detector")
     if ensemble is not None and ensemble < 1:
         raise InputError("--ensemble must be >= 1")

@@ -252,6 +252,32 @@ def test_combination_rules_for_several_contrasts():
     assert (mask("lead", ["t2", "flair"])[1] == union).all()  # T2 first: FLAIR's finding touches T2's
     with pytest.raises(InputError, match="combination rule"):
         Predictor.combine_findings(norms, grows, ml, 0.001, 1.0, "intersection")
+    # consensus bounded by FLAIR alone (T2 found no tumours at calibration): T2's region no longer cuts anything
+    found = Predictor.combine_findings(norms, grows, ml, 0.001, 1.0, "consensus", None, ["flair"])
+    assert (found["flair"] == flair_grow).all() and found["t2"][23:28, 23:28, 23:28].sum() == 27
+
+
+def test_lead_drops_a_later_finding_that_borders_a_kept_one():
+    """Bordering counts as touching (the faces ndimage.label joins through), not only sharing voxels."""
+    import numpy as np
+
+    shape = (20, 20, 20)
+    a, b = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    a[5:10, 5:10, 5:10] = 2.0
+    b[10:13, 5:10, 5:10] = 2.0                        # face to face with a's finding, no shared voxel
+    b[15:18, 15:18, 15:18] = 2.0                      # and one well apart
+    found = Predictor.combine_findings({"a": a, "b": b}, {"a": None, "b": None}, {"a": 0.0, "b": 0.0}, 0.001,
+                                       1.0, "lead", ["a", "b"])
+    assert found["a"].sum() == 125 and found["b"].sum() == 27 and found["b"][15:18, 15:18, 15:18].all()
+
+
+def test_lead_order_ranks_by_calibrated_dice_and_lists_useful_contrasts():
+    cal = {"hysteresis": {"t1": {"useful": False}, "t2": {"useful": True}, "flair": {}},
+           "synthetic_tumour": {"t1": {"dice_at_calibrated": 0.0}, "t2": {"dice_at_calibrated": 0.63},
+                                "flair": {"best_dice": 0.82}}}
+    order, useful = Predictor.lead_order(cal, ["t1", "t2", "flair"])
+    assert order == ["flair", "t2", "t1"] and useful == ["t2", "flair"]
+    assert Predictor.lead_order({}, ["t2", "flair"]) == (["t2", "flair"], ["t2", "flair"])  # uncalibrated
 
 
 def test_grow_thresholds_are_calibrated_on_synthetic_tumours_and_read_by_detect(model_dir, tmp_path):

@@ -252,3 +252,5 @@ def test_detect_one_subject_several_contrasts(model_dir, tmp_path):
     assert both.exit_code == 2 and "either" in both.stderr
     rule = invoke("detect", "--t2", t2, "--flair", fl, "-w", model_dir, "--combine", "max", "-o", tmp_path / "o3")
     assert rule.exit_code == 2 and "--combine" in rule.stderr and not (tmp_path / "o3").exists()
+    alone = invoke("detect", t2, "-w", model_dir, "--combine", "union", "-o", tmp_path / "o4")
+    assert alone.exit_code == 2 and "--t1/--t2/--flair" in alone.stderr and not (tmp_path / "o4").exists()

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -377,11 +378,9 @@ class Predictor:
         smooth = ndimage.median_filter(np.asarray(image, np.float32), size=3)
         values = smooth[inner]
         if level == "robust":
-            from scipy.stats import norm
-
             centre = float(np.median(values))
             sigma = 1.4826 * float(np.median(np.abs(values - centre)))
-            cut = {p: centre + float(norm.ppf(p / 100.0)) * sigma for p in percentiles}
+            cut = {p: centre + NormalDist().inv_cdf(p / 100.0) * sigma for p in percentiles}
         else:
             cut = dict(zip(percentiles, np.percentile(values, percentiles)))
         return {p: (smooth > cut[p]) & inner for p in percentiles}
@@ -510,7 +509,7 @@ class Predictor:
     @classmethod
     def combine_findings(cls, norms: dict[str, np.ndarray], grows: dict[str, np.ndarray | None],
                          seed_ml: dict[str, float], voxel_ml: float, level: float = 1.0, rule: str = "union",
-                         order: list[str] | None = None) -> dict[str, np.ndarray]:
+                         order: list[str] | None = None, bound: list[str] | None = None) -> dict[str, np.ndarray]:
         """Each contrast's findings when one subject's co-registered contrasts are scored together; the
         mask is their union. ``norms`` are the score maps divided by their seed thresholds, so every
         contrast seeds above ``level`` (with its own smallest seed, ``seed_ml``); ``grows`` are their grow
@@ -518,9 +517,11 @@ class Predictor:
 
         * ``"union"``: each contrast's seeds grow through its own grow region, as if scored alone;
         * ``"consensus"``: seeds still come from any contrast, but grow only through voxels that every
-          contrast with a grow region calls abnormal: one contrast finds, all of them bound the extent;
+          contrast of ``bound`` (default: all) with a grow region calls abnormal: one contrast finds, all
+          of them bound the extent;
         * ``"lead"``: the first contrast of ``order`` keeps its findings as if scored alone; a later
-          contrast's finding joins only where it touches none of those already kept.
+          contrast's finding joins only where it touches (shares or borders a voxel of) none of those
+          already kept.
         """
         if rule not in COMBINE_RULES:
             raise InputError(f"the combination rule must be one of {', '.join(COMBINE_RULES)}, got {rule!r}")
@@ -528,7 +529,7 @@ class Predictor:
         if sorted(names) != sorted(norms):
             raise ValueError("order must name each contrast once")
         if rule == "consensus":
-            present = [g for g in grows.values() if g is not None]
+            present = [grows[n] for n in (bound or names) if grows.get(n) is not None]
             shared = np.logical_and.reduce(present) if present else None
             grows = {n: None if grows[n] is None else shared for n in names}
         found = {n: cls._findings(norms[n], level, voxel_ml, seed_ml[n], grows[n]) for n in names}
@@ -536,11 +537,27 @@ class Predictor:
             kept = np.zeros(next(iter(norms.values())).shape, dtype=bool)
             for n in names:
                 labels, count = ndimage.label(found[n])
+                near = ndimage.binary_dilation(kept)  # the neighbourhood ndimage.label joins through
                 touch = np.zeros(count + 1, dtype=bool)
-                touch[labels[kept & (labels > 0)]] = True
+                touch[labels[near & (labels > 0)]] = True
                 found[n] = (labels > 0) & ~touch[labels]
                 kept |= found[n]
         return found
+
+    @staticmethod
+    def lead_order(cal: dict, names) -> tuple[list[str], list[str]]:
+        """``(order, useful)`` for ``combine_findings`` from a calibration record: the contrasts by their
+        calibrated synthetic-tumour Dice, best first (ties and unmeasured ones as given), and those the
+        calibration found tumours in (``useful``; all of them where it found none)."""
+        hysteresis, tumour = cal.get("hysteresis") or {}, cal.get("synthetic_tumour") or {}
+
+        def dice_of(n: str) -> float:
+            t = tumour.get(n) or {}
+            return float(t.get("dice_at_calibrated", t.get("best_dice")) or 0.0)
+
+        names = list(names)
+        useful = [n for n in names if n in hysteresis and hysteresis[n].get("useful", True)]
+        return sorted(names, key=lambda n: -dice_of(n)), useful or names
 
     @staticmethod
     def _describe(keep: np.ndarray, score_map: np.ndarray, volume: Volume) -> list[dict]:
@@ -656,7 +673,9 @@ class Predictor:
         ``combine`` says (``combine_findings``: ``"consensus"``, the default,
         through the voxels every contrast's region holds; ``"union"``, each
         through its own; ``"lead"``, the contrast of best calibrated
-        synthetic-tumour Dice first), and the mask is the union over contrasts.
+        synthetic-tumour Dice first: ``lead_order``), and the mask is the union
+        over contrasts. A contrast whose calibration found no synthetic tumours
+        (T1 in the bundled model) still seeds, but does not bound consensus.
         Consensus was chosen on paired synthetic brains (bench_levers' combine
         section): one contrast's over-grown extent (T2's) no longer carries the
         joint finding. A seed in one contrast never
@@ -697,10 +716,10 @@ class Predictor:
                                                      "score_smooth_mm", "polarity")},
                          "min_component_ml": seed_ml,
                          "calibration_check": self._calibration_check(name, warn=False)}
-        # "lead": the contrast whose calibration found synthetic tumours best goes first (ties: as given)
-        dice_of = {n: ((per[n]["calibration_check"] or {}).get("synthetic_tumour_dice") or 0.0) for n in per}
-        order = sorted(per, key=lambda n: -dice_of[n])
-        found = self.combine_findings(norms, grows, seed_mls, ref.voxel_volume_ml, level, combine, order)
+        # "lead": the contrast whose calibration found synthetic tumours best goes first; "consensus": only
+        # contrasts the calibration found tumours in bound the extent (T1's region would shrink every finding)
+        order, useful = self.lead_order(dict(self.bundle.meta.get("calibration") or {}), per)
+        found = self.combine_findings(norms, grows, seed_mls, ref.voxel_volume_ml, level, combine, order, useful)
         keep = np.logical_or.reduce(list(found.values()))
         for name in per:
             per[name]["found_ml"] = round(float(found[name].sum()) * ref.voxel_volume_ml, 3)
