@@ -26,6 +26,10 @@ default model (or `--weights`), as the commands do.
   label map, 10-40 mL, seeds neither training nor calibration draws), each injected at full contrast
   and at 0.7 and 0.5 of it (`LesionInjector(contrast_scale=...)`: the same lesion, fainter): Dice and
   found volume, to show how faint a tumour the model still finds.
+* tail: where each FLAIR's own intensity grow level (its p98) lies, in robust SDs above its median
+  (`Predictor.intensity_tail_sd`), and whether `detect`'s large-lesion warning fires (above 3.09, a
+  normal's p99.9): `--tail-n` (16) synthetic healthy brains and half as many tumours of 5-60 and of
+  60-150 mL (bench_levers' development seeds), and the three real FLAIRs.
 * size: `detect` (auto thresholds) on small held-out synthetic tumours of `--size-contrasts` (T2): `--size-n` (4)
   brains per size range (1-3, 3-8 and 8-20 mL; seeds 760000+ per range, 1-2 % noise): per range, tumours
   reached, found / reference mL and pooled Dice, to show the smallest tumour a contrast's calibration finds
@@ -157,6 +161,8 @@ def main() -> None:
     ap.add_argument("--size-contrasts", nargs="+", default=["t2"], choices=["t2", "flair"],
                     help="size section: contrasts")
     ap.add_argument("--size-n", type=int, default=4, help="size section: tumours per size range")
+    ap.add_argument("--tail-n", type=int, default=16,
+                    help="tail section: healthy FLAIR brains (and half as many tumours of each size range)")
     ap.add_argument("--tag", default="", help="suffix of the results file (detect<tag>.json)")
     args = ap.parse_args()
     if not require_data():
@@ -311,6 +317,36 @@ def main() -> None:
                 rows.append(row)
                 log(str(row))
         payload["unreferenced"] = rows
+        save_results(name, payload)
+    if "tail" in args.sections:
+        # how far each FLAIR's own p98 (its intensity grow level) lies above its median, in robust SDs, and
+        # whether detect's large-lesion warning (above LESION_TAIL_SD) fires: synthetic healthy brains, tumours
+        # of 5-60 and 60-150 mL (bench_levers' development seeds), and the real scans
+        from bench_levers import DEV_SEED, LARGE_ML, LARGE_SEED
+
+        from medhdiff.tasks.predictor import LESION_TAIL_SD
+
+        q = (det_pred.bundle.meta.get("calibration", {}).get("grow_intensity_percentile") or {}).get("flair") or 98.0
+        rows = []
+
+        def add(label, vol, brain, lesion_ml=None):
+            prep = det_pred.prepare(vol, mask=brain)
+            sd = Predictor.intensity_tail_sd(prep.image, prep.mask, q)
+            rows.append({"input": label, "lesion_ml": lesion_ml, "tail_sd": round(sd, 2),
+                         "warns": bool(sd > LESION_TAIL_SD)})
+            log(str(rows[-1]))
+
+        for i in range(args.tail_n):
+            vol, brain = healthy_synthetic("flair", i, first=DEV_SEED)
+            add(f"synthetic healthy FLAIR {DEV_SEED + i}", vol, brain)
+        for start, sizes in ((DEV_SEED + 500, (5.0, 60.0)), (LARGE_SEED, LARGE_ML)):
+            for s, vol, brain, lesion in synthetic_tumours("flair", start, args.tail_n // 2, (0.01, 0.02), sizes):
+                add(f"synthetic FLAIR tumour {s}", vol, brain, round(float(lesion.sum()) * vol.voxel_volume_ml, 1))
+        for case in (CASE, *UNREFERENCED):
+            vol = load_volume(TUMOUR / case / CASES[case]["flair"])
+            add(f"{case} FLAIR", vol, None,
+                round(float(seg.sum()) * vol.voxel_volume_ml, 1) if case == CASE else None)
+        payload["tail"] = {"percentile": q, "warn_above_sd": LESION_TAIL_SD, "rows": rows}
         save_results(name, payload)
     if "size" in args.sections:
         cal = det_pred.bundle.meta.get("calibration", {})

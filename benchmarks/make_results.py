@@ -368,6 +368,14 @@ def main() -> None:
                                f"{'met' if r['dice_auto'] >= goal else 'NOT met'} |")
         out += ["", "Published 2D anchors on BraTS (Behrendt et al.), for context only (other data, 2D): "
                 "cDDPM Dice 0.53 / AUPRC 0.59, pDDPM 0.49 / 0.55, AnoDDPM-style DDPM 0.44 / 0.50.", ""]
+        if det.get("tail"):
+            t = det["tail"]
+            out += _table(f"Where each FLAIR's own intensity grow level (p{t['percentile']:g}) lies, in robust SDs above "
+                          f"its median (`bench_detect.py --sections tail`); `detect` warns above {t['warn_above_sd']} "
+                          "(a normal's p99.9) that a large bright lesion may have lifted it",
+                          ["input", "lesion mL", "robust SDs", "warns"],
+                          [f"| {r['input']} | {_fmt(r['lesion_ml'], 1)} | {r['tail_sd']:.2f} | "
+                           f"{'yes' if r['warns'] else 'no'} |" for r in t["rows"]])
         if det.get("unreferenced"):
             out += _table("Real tumour scans without a reference segmentation (`bench_detect.py --sections "
                           "unreferenced`): what `detect` finds, beside a crude size of the scan's hyperintensity "

@@ -601,6 +601,22 @@ def test_robust_bright_level_is_not_raised_by_a_large_bright_lesion():
         Predictor.bright_regions(image, brain, [98.0], "mad")
 
 
+def test_intensity_tail_sd_flags_a_lesion_that_fills_the_scans_upper_tail():
+    import numpy as np
+
+    from medhdiff.tasks.predictor import LESION_TAIL_SD
+
+    rng = np.random.default_rng(1)
+    brain = np.zeros((40, 40, 40), bool)
+    brain[2:38, 2:38, 2:38] = True
+    image = np.where(brain, 1.0 + 0.05 * rng.standard_normal(brain.shape), 0.0).astype(np.float32)
+    healthy = Predictor.intensity_tail_sd(image, brain, 98.0)
+    assert 1.7 < healthy < 2.4  # a normal's p98 is 2.05 SDs up
+    image[8:22, 8:22, 8:22] += 1.0                    # a bright lesion of 8 % of the scored region
+    assert Predictor.intensity_tail_sd(image, brain, 98.0) > LESION_TAIL_SD > healthy
+    assert Predictor.intensity_tail_sd(image, np.zeros_like(brain), 98.0) is None
+
+
 def test_grow_intensity_level_is_per_contrast_and_needs_intensity_percentiles():
     d = DetectConfig(percentile=99.9, grow_percentiles=(99.0,), grow_intensity_percentiles=(98.0,),
                      grow_intensity_level={"flair": "robust"})
@@ -634,8 +650,10 @@ def test_detect_applies_the_calibrated_intensity_level(model_dir, tmp_path):
         pred.bright_regions = spy
         res = pred.detect(scan, contrast="t2", min_volume_ml=0.0)
         assert seen[-1] == level and res.report["grow_intensity_level"] == level
+        # the scan level's tail is reported (the robust level is not lifted by a lesion: nothing to report)
+        assert (res.report["grow_intensity_tail_sd"] is None) == (level == "robust")
     off = pred.detect(scan, contrast="t2", min_volume_ml=0.0, grow="off")
-    assert off.report["grow_intensity_level"] is None
+    assert off.report["grow_intensity_level"] is None and off.report["grow_intensity_tail_sd"] is None
 
 
 def test_detect_joins_the_calibrated_intensity_grow_region(model_dir, tmp_path):

@@ -39,6 +39,10 @@ ProgressFn = Callable[[str, int, int], None]
 #: Contrasts whose lesions are hyperintense (tumour, oedema, MS plaques).
 BRIGHT_LESION_CONTRASTS = ("t2", "flair")
 
+#: Above this many robust SDs over the median (a normal's p99.9), a scan's own intensity grow level is taken
+#: to lie inside a large lesion, and ``detect`` warns that findings may miss its edges.
+LESION_TAIL_SD = 3.09
+
 #: How ``detect_multi`` joins several contrasts' findings (``Predictor.combine_findings``).
 COMBINE_RULES = ("union", "consensus", "lead")
 
@@ -372,10 +376,9 @@ class Predictor:
         percentiles = [float(p) for p in percentiles]
         if not percentiles:
             return {}
-        inner = ndimage.binary_erosion(brain, iterations=2)
+        smooth, inner = Predictor._filtered(image, brain)
         if not inner.any():
             return {p: inner for p in percentiles}
-        smooth = ndimage.median_filter(np.asarray(image, np.float32), size=3)
         values = smooth[inner]
         if level == "robust":
             centre = float(np.median(values))
@@ -384,6 +387,27 @@ class Predictor:
         else:
             cut = dict(zip(percentiles, np.percentile(values, percentiles)))
         return {p: (smooth > cut[p]) & inner for p in percentiles}
+
+    @staticmethod
+    def _filtered(image: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The median-filtered (3^3) image and the scored region (the brain eroded twice) that the intensity
+        grow region is formed from."""
+        inner = ndimage.binary_erosion(brain, iterations=2)
+        return ndimage.median_filter(np.asarray(image, np.float32), size=3), inner
+
+    @staticmethod
+    def intensity_tail_sd(image: np.ndarray, brain: np.ndarray, percentile: float) -> float | None:
+        """How far the scan's own ``percentile`` of filtered intensity (the 'scan' grow level) lies above its
+        median, in robust SDs (1.4826 MAD). A normal tissue distribution puts p98 about 2 SDs up; a large
+        bright lesion fills the upper tail itself and lifts the level into the lesion, whose edges the
+        intensity grow region then leaves out. ``None`` without a scored region."""
+        smooth, inner = Predictor._filtered(image, brain)
+        if not inner.any():
+            return None
+        values = smooth[inner]
+        centre = float(np.median(values))
+        sigma = 1.4826 * float(np.median(np.abs(values - centre)))
+        return (float(np.percentile(values, percentile)) - centre) / sigma if sigma > 0 else None
 
     @staticmethod
     def open_region(region: np.ndarray, spacing, radius_mm: float) -> np.ndarray:
@@ -445,13 +469,20 @@ class Predictor:
         table = cal.get("grow_intensity_percentile", {})
         bright_p = table.get(name) if grow == "auto" and grow_thr is not None and isinstance(table, dict) else None
         bright_level = (cal.get("grow_intensity_level") or {}).get(name, "scan")
-        grow_mask = None
+        grow_mask, tail_sd = None, None
         if grow_thr is not None:
             grow_mask = score_map > grow_thr
             if bright_p is not None:
                 bright = self.bright_regions(prep.image, prep.mask, [float(bright_p)],
                                              bright_level)[float(bright_p)]
                 grow_mask |= self.preprocessor.inverse(bright.astype(np.float32), prep.record, kind="mask") > 0
+                if bright_level == "scan":
+                    tail_sd = self.intensity_tail_sd(prep.image, prep.mask, float(bright_p))
+                    if tail_sd is not None and tail_sd > LESION_TAIL_SD:
+                        log.warning("%s: the scan's own p%g lies %.1f robust SDs above its median (a normal "
+                                    "tissue distribution: about 2): a large bright lesion fills the tail, so "
+                                    "findings may miss its edges; compare with a T2 of the same subject",
+                                    volume.path or "input", float(bright_p), tail_sd)
         opening = float(cal.get("grow_opening_mm", 0.0))
         if grow_mask is not None and opening > 0:
             grow_mask = self.open_region(grow_mask, volume.spacing, opening)
@@ -459,6 +490,7 @@ class Predictor:
                     "grow_threshold": grow_thr,
                     "grow_intensity_percentile": None if bright_p is None else float(bright_p),
                     "grow_intensity_level": None if bright_p is None else bright_level,
+                    "grow_intensity_tail_sd": None if tail_sd is None else round(tail_sd, 2),
                     "grow_opening_mm": opening if grow_mask is not None else None,
                     "score_scale": None if divisor is None else {"statistic": scale, "divisor": round(divisor, 6)},
                     "score_smooth_mm": smooth_mm,
@@ -608,6 +640,7 @@ class Predictor:
             **{k: settings[k] for k in ("contrast", "polarity", "threshold", "threshold_source", "grow_threshold")},
             "grow_intensity_percentile": settings.get("grow_intensity_percentile"),
             "grow_intensity_level": settings.get("grow_intensity_level"),
+            "grow_intensity_tail_sd": settings.get("grow_intensity_tail_sd"),
             "grow_opening_mm": settings.get("grow_opening_mm"),
             "score_scale": settings.get("score_scale"),
             "score_smooth_mm": settings.get("score_smooth_mm"),
@@ -712,7 +745,7 @@ class Predictor:
             seed_ml = seed_mls[name] = self._min_volume(min_volume_ml, settings.get("contrast", name))
             per[name] = {**{k: settings.get(k) for k in ("threshold", "threshold_source", "grow_threshold",
                                                      "grow_intensity_percentile", "grow_intensity_level",
-                                                     "grow_opening_mm", "score_scale",
+                                                     "grow_intensity_tail_sd", "grow_opening_mm", "score_scale",
                                                      "score_smooth_mm", "polarity")},
                          "min_component_ml": seed_ml,
                          "calibration_check": self._calibration_check(name, warn=False)}
