@@ -126,11 +126,12 @@ def bright_extent_ml(vol) -> float:
     """A crude size of a scan's hyperintensity, for context where no reference segmentation exists: the
     largest connected part of the median-filtered (3^3) scan above its brain's median + 3 robust SDs
     (1.4826 MAD), in mL. Not a segmentation: it holds bright healthy tissue too, and misses a dark core."""
+    from medhdiff.tasks.predictor import robust_fit
+
     brain = vol.data != 0
     smooth = ndimage.median_filter(np.asarray(vol.data, np.float32), size=3)
-    values = smooth[brain]
-    centre = float(np.median(values))
-    bright = (smooth > centre + 3.0 * 1.4826 * float(np.median(np.abs(values - centre)))) & brain
+    centre, sigma = robust_fit(smooth[brain])
+    bright = (smooth > centre + 3.0 * sigma) & brain
     labels, n = ndimage.label(bright)
     largest = np.bincount(labels.ravel())[1:].max() if n else 0
     return round(float(largest) * vol.voxel_volume_ml, 1)

@@ -636,20 +636,26 @@ def test_detect_applies_the_calibrated_intensity_level(model_dir, tmp_path):
 
     model, base = _calibrated_copy(model_dir, tmp_path, threshold={"t2": 0.05}, grow_threshold={"t2": 0.04})
     scan = _tiny_scan()
-    seen = []
-    real = Predictor.bright_regions
+    seen, filters = [], []
+    real, real_filter = Predictor.bright_regions, Predictor.filtered_region
 
-    def spy(image, brain, percentiles, level="scan"):
+    def spy(image, brain, percentiles, level="scan", filtered=None):
         seen.append(level)
-        return real(image, brain, percentiles, level)
+        return real(image, brain, percentiles, level, filtered)
+
+    def count(image, brain):
+        filters.append(1)
+        return real_filter(image, brain)
 
     for level in ("scan", "robust"):
         update_bundle_meta(model, calibration=dict(base, grow_intensity_percentile={"t2": 90.0},
                                                    grow_intensity_level={"t2": level}))
         pred = Predictor(model, device="cpu")
-        pred.bright_regions = spy
+        pred.bright_regions, pred.filtered_region = spy, count
+        filters.clear()
         res = pred.detect(scan, contrast="t2", min_volume_ml=0.0)
         assert seen[-1] == level and res.report["grow_intensity_level"] == level
+        assert len(filters) == 1  # the region and the tail check share one median filter
         # the scan level's tail is reported (the robust level is not lifted by a lesion: nothing to report)
         assert (res.report["grow_intensity_tail_sd"] is None) == (level == "robust")
     off = pred.detect(scan, contrast="t2", min_volume_ml=0.0, grow="off")

@@ -47,6 +47,13 @@ LESION_TAIL_SD = 3.09
 COMBINE_RULES = ("union", "consensus", "lead")
 
 
+def robust_fit(values: np.ndarray) -> tuple[float, float]:
+    """``(median, robust SD)`` of ``values``: the SD of a normal taken as 1.4826 times the median absolute
+    deviation, which a minority of outliers (a lesion) barely moves."""
+    centre = float(np.median(values))
+    return centre, 1.4826 * float(np.median(np.abs(values - centre)))
+
+
 #: The bundled models: ``default`` (denoise, reconstruct) and ``detector`` (detect).
 BUNDLED_MODELS = ("default", "detector")
 
@@ -357,7 +364,8 @@ class Predictor:
         return (score / divisor).astype(np.float32), divisor
 
     @staticmethod
-    def bright_regions(image: np.ndarray, brain: np.ndarray, percentiles, level: str = "scan") -> dict[float, np.ndarray]:
+    def bright_regions(image: np.ndarray, brain: np.ndarray, percentiles, level: str = "scan",
+                       filtered: tuple[np.ndarray, np.ndarray] | None = None) -> dict[float, np.ndarray]:
         """Where the scan itself is bright, per percentile: its median-filtered intensity above that
         ``percentile`` inside the scored region (the brain mask eroded twice, as for the score), in model
         space. The filtering is done once for all the percentiles.
@@ -369,44 +377,44 @@ class Predictor:
         is lesion.
 
         An intensity grow region for findings: the per-scan level adapts to each scan's own
-        contrast, and only voxels connected to a seed of the residual score ever join.
+        contrast, and only voxels connected to a seed of the residual score ever join. ``filtered``
+        (``filtered_region``'s result) saves a second median filter where the caller already has one.
         """
         if level not in INTENSITY_LEVELS:
             raise InputError(f"the intensity grow level must be one of {', '.join(INTENSITY_LEVELS)}, got {level!r}")
         percentiles = [float(p) for p in percentiles]
         if not percentiles:
             return {}
-        smooth, inner = Predictor._filtered(image, brain)
+        smooth, inner = filtered or Predictor.filtered_region(image, brain)
         if not inner.any():
             return {p: inner for p in percentiles}
         values = smooth[inner]
         if level == "robust":
-            centre = float(np.median(values))
-            sigma = 1.4826 * float(np.median(np.abs(values - centre)))
+            centre, sigma = robust_fit(values)
             cut = {p: centre + NormalDist().inv_cdf(p / 100.0) * sigma for p in percentiles}
         else:
             cut = dict(zip(percentiles, np.percentile(values, percentiles)))
         return {p: (smooth > cut[p]) & inner for p in percentiles}
 
     @staticmethod
-    def _filtered(image: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def filtered_region(image: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The median-filtered (3^3) image and the scored region (the brain eroded twice) that the intensity
         grow region is formed from."""
         inner = ndimage.binary_erosion(brain, iterations=2)
         return ndimage.median_filter(np.asarray(image, np.float32), size=3), inner
 
     @staticmethod
-    def intensity_tail_sd(image: np.ndarray, brain: np.ndarray, percentile: float) -> float | None:
+    def intensity_tail_sd(image: np.ndarray, brain: np.ndarray, percentile: float,
+                          filtered: tuple[np.ndarray, np.ndarray] | None = None) -> float | None:
         """How far the scan's own ``percentile`` of filtered intensity (the 'scan' grow level) lies above its
         median, in robust SDs (1.4826 MAD). A normal tissue distribution puts p98 about 2 SDs up; a large
         bright lesion fills the upper tail itself and lifts the level into the lesion, whose edges the
         intensity grow region then leaves out. ``None`` without a scored region."""
-        smooth, inner = Predictor._filtered(image, brain)
+        smooth, inner = filtered or Predictor.filtered_region(image, brain)
         if not inner.any():
             return None
         values = smooth[inner]
-        centre = float(np.median(values))
-        sigma = 1.4826 * float(np.median(np.abs(values - centre)))
+        centre, sigma = robust_fit(values)
         return (float(np.percentile(values, percentile)) - centre) / sigma if sigma > 0 else None
 
     @staticmethod
@@ -473,11 +481,12 @@ class Predictor:
         if grow_thr is not None:
             grow_mask = score_map > grow_thr
             if bright_p is not None:
-                bright = self.bright_regions(prep.image, prep.mask, [float(bright_p)],
-                                             bright_level)[float(bright_p)]
+                filtered = self.filtered_region(prep.image, prep.mask)  # one median filter for both uses
+                bright = self.bright_regions(prep.image, prep.mask, [float(bright_p)], bright_level,
+                                             filtered)[float(bright_p)]
                 grow_mask |= self.preprocessor.inverse(bright.astype(np.float32), prep.record, kind="mask") > 0
                 if bright_level == "scan":
-                    tail_sd = self.intensity_tail_sd(prep.image, prep.mask, float(bright_p))
+                    tail_sd = self.intensity_tail_sd(prep.image, prep.mask, float(bright_p), filtered)
                     if tail_sd is not None and tail_sd > LESION_TAIL_SD:
                         log.warning("%s: the scan's own p%g lies %.1f robust SDs above its median (a normal "
                                     "tissue distribution: about 2): a large bright lesion fills the tail, so "
