@@ -1,6 +1,7 @@
 """Detection, healthy false positives and reconstruction, on real and synthetic scans.
 
     python benchmarks/bench_detect.py [--sections tumour healthy reconstruct inpaint] [--coarse same|matched]
+    python benchmarks/bench_detect.py --sections tissue [--tail-n 16]
 
 `detect` runs on the bundled detection model (or `--detect-weights`), `reconstruct` and inpainting on the
 default model (or `--weights`), as the commands do.
@@ -30,6 +31,13 @@ default model (or `--weights`), as the commands do.
   (`Predictor.intensity_tail_sd`), and whether `detect`'s large-lesion warning fires (above 3.09, a
   normal's p99.9): `--tail-n` (16) synthetic healthy brains and half as many tumours of 5-60 and of
   60-150 mL (bench_levers' development seeds), and the three real FLAIRs.
+* tissue: how the healthy tissue's median-filtered intensity (model space, scored region, as `detect`'s intensity
+  grow region sees it) is spread above its median, in robust SDs (1.4826 MAD): its p90-p99.9, and the share
+  above a normal's p95 (what `grow_intensity_level: robust` at p95 takes). The healthy calibration brains
+  (`--tail-n`, seeds 900000+ as `medhdiff calibrate` draws them, configs/detector.yaml's noise) against the
+  real TCGA-DU-7294, its reference dilated by 5 mm left out, and BraTS-example and AURORA-example, the brain half
+  holding the FLAIR's hyperintensity left out (`lesion_hemisphere`), per contrast (T2, FLAIR). A synthetic tail
+  lighter than the real one means levels calibrated on it land inside real healthy tissue.
 * size: `detect` (auto thresholds) on small held-out synthetic tumours of `--size-contrasts` (T2): `--size-n` (4)
   brains per size range (1-3, 3-8 and 8-20 mL; seeds 760000+ per range, 1-2 % noise): per range, tumours
   reached, found / reference mL and pooled Dice, to show the smallest tumour a contrast's calibration finds
@@ -135,6 +143,30 @@ def bright_extent_ml(vol) -> float:
     labels, n = ndimage.label(bright)
     largest = np.bincount(labels.ravel())[1:].max() if n else 0
     return round(float(largest) * vol.voxel_volume_ml, 1)
+
+
+def lesion_hemisphere(vol) -> np.ndarray:
+    """Where a scan without a reference segmentation holds its lesion, to leave out of healthy-tissue figures:
+    the half of the brain (split left-right at the brain's centroid, on the input grid) holding the centroid
+    of its crude hyperintensity (``bright_extent_ml``'s largest part), together with that part dilated by
+    5 voxels where it crosses the midline."""
+    import nibabel as nib
+
+    from medhdiff.tasks.predictor import robust_fit
+
+    brain = vol.data != 0
+    smooth = ndimage.median_filter(np.asarray(vol.data, np.float32), size=3)
+    centre, sigma = robust_fit(smooth[brain])
+    labels, n = ndimage.label((smooth > centre + 3.0 * sigma) & brain)
+    if not n:
+        return np.zeros(brain.shape, bool)
+    largest = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    axis = [c in "LR" for c in nib.aff2axcodes(vol.affine)].index(True)  # the voxel axis along left-right
+    coord = np.arange(brain.shape[axis]).reshape([-1 if k == axis else 1 for k in range(3)])
+    mid = ndimage.center_of_mass(brain)[axis]
+    lesion_side = ndimage.center_of_mass(largest)[axis] >= mid
+    half = np.broadcast_to((coord >= mid) if lesion_side else (coord < mid), brain.shape)
+    return (half & brain) | ndimage.binary_dilation(largest, iterations=5)
 
 
 def localisation(scores: np.ndarray, labels: np.ndarray) -> dict:
@@ -348,6 +380,55 @@ def main() -> None:
             add(f"{case} FLAIR", vol, None,
                 round(float(seg.sum()) * vol.voxel_volume_ml, 1) if case == CASE else None)
         payload["tail"] = {"percentile": q, "warn_above_sd": LESION_TAIL_SD, "rows": rows}
+        save_results(name, payload)
+    if "tissue" in args.sections:
+        from statistics import NormalDist
+
+        from common import ROOT
+
+        from medhdiff.io import Volume
+        from medhdiff.synth import HealthyBrainGenerator, load_builtin_labelmap
+        from medhdiff.tasks.predictor import robust_fit
+        from medhdiff.training import load_config
+
+        noise = load_config(ROOT / "configs" / "detector.yaml").data.noise_range
+        labels, lab_affine = load_builtin_labelmap()
+        qs = (90.0, 95.0, 98.0, 99.0, 99.9)
+        z95 = NormalDist().inv_cdf(0.95)
+        rows = []
+
+        def spread(label, contrast, vol, brain, leave_out=None):
+            prep = det_pred.prepare(vol, mask=brain)
+            smooth, inner = Predictor.filtered_region(prep.image, prep.mask)
+            if leave_out is not None:
+                inner &= ~leave_out(prep)
+            values = smooth[inner]
+            centre, sd = robust_fit(values)
+            rows.append({"input": label, "contrast": contrast,
+                         **{f"p{q:g}": round((float(np.percentile(values, q)) - centre) / sd, 2) for q in qs},
+                         "share_above_normal_p95": round(float((values > centre + z95 * sd).mean()), 4)})
+            log(str(rows[-1]))
+
+        for contrast in ("t2", "flair"):
+            gen = HealthyBrainGenerator(contrast=contrast, spacing=1.0, noise_range=noise)
+            for i in range(args.tail_n):
+                res = gen.generate(labels, lab_affine, seed=900_000 + i)
+                spread(f"calibration brain {900_000 + i}", contrast, Volume(res.image, res.affine),
+                       res.brain_mask > 0)
+            vol = load_volume(TUMOUR / CASE / CASES[CASE][contrast])
+
+            def tumour_zone(prep):
+                ref = det_pred.preprocessor.to_model(seg.astype(np.float32), prep.record, kind="mask") > 0
+                return ndimage.binary_dilation(ref, iterations=5)  # model space is 1 mm
+
+            spread(f"{CASE} (reference + 5 mm left out)", contrast, vol, None, tumour_zone)
+            for case in UNREFERENCED:  # no reference: the hemisphere of the FLAIR's hyperintensity is left out
+                side = lesion_hemisphere(load_volume(TUMOUR / case / CASES[case]["flair"]))
+                vol = load_volume(TUMOUR / case / CASES[case][contrast])
+                spread(f"{case} (the hyperintensity's hemisphere left out)", contrast, vol, None,
+                       lambda prep, side=side: det_pred.preprocessor.to_model(side.astype(np.float32), prep.record,
+                                                                              kind="mask") > 0)
+        payload["tissue"] = rows
         save_results(name, payload)
     if "size" in args.sections:
         cal = det_pred.bundle.meta.get("calibration", {})

@@ -828,7 +828,10 @@ def candidates(console: Console, models: list[str], contrasts, n_healthy: int, n
             cfg.detect.healthy_volumes = cfg.detect.healthy_count(contrast)
             d = cfg.detect.for_contrast(contrast)
             scored = _scorer(d, contrast)
-            levels = sorted({d.intensity_level(contrast) if lv == "config" else lv for lv in intensity_levels})
+            # 'outside' is picked at the 'scan' level, as medhdiff calibrate picks it (the outside section measures it)
+            picked = {lv: "scan" if lv == "outside" else lv
+                      for lv in (d.intensity_level(contrast) if v == "config" else v for v in intensity_levels)}
+            levels = sorted(set(picked.values()))
             cal, dev = _brain_sets(console, pred, cfg, contrast, n_healthy, n_tumours, where, scored, levels)
             small = _reconstructed(console, pred, d, contrast, (
                 ("devs", s, vol.data, vol.affine, brain, lesion)
@@ -846,7 +849,7 @@ def candidates(console: Console, models: list[str], contrasts, n_healthy: int, n
                                         scored, levels)
             everything = [*cal, *dev, *small, *large, real, *held_out, *held_large]
             for option, grid, lv in ((o, g, v) for o in seed_tails for g in grow_grids for v in intensity_levels):
-                level = d.intensity_level(contrast) if lv == "config" else lv
+                level = picked[d.intensity_level(contrast) if lv == "config" else lv]
                 for item in everything:  # _pick and _found read item["bright"]
                     item["bright"] = item["bright_by_level"][level]
                 tail = d.seed_tail.get(contrast) if option == "config" else option
@@ -974,6 +977,167 @@ def combine(console: Console, cache: Path, n_healthy: int, n_tumours: int, n_sma
     return rows
 
 
+def _set_brains(contrast: str, tag: str, n: int):
+    """The brains of one cached set (``tag`` as the candidates section names it, ``n`` of them), drawn again as
+    ``_reconstructed`` takes them: the images, which the residual cache does not keep."""
+    from bench_detect import healthy_synthetic, synthetic_tumours
+
+    from medhdiff.io import load_volume
+
+    first = {"devh": DEV_SEED, "tsth": TEST_SEED}
+    if tag in first:
+        for i in range(n):
+            vol, brain = healthy_synthetic(contrast, i, first=first[tag])
+            yield tag, first[tag] + i, vol.data, vol.affine, brain, None
+        return
+    if tag in ("devl", "tstl"):
+        yield from _large_brains(contrast, tag, LARGE_SEED + (1000 if tag == "tstl" else 0), n)
+        return
+    if tag == "real":
+        scan = load_volume(TUMOUR / CASE / f"{'fla' if contrast == 'flair' else contrast}.nii.gz")
+        yield "real", 0, scan.data, scan.affine, None, load_volume(TUMOUR / CASE / "seg_consensus.nii.gz").data > 0
+        return
+    start, sizes = {"devt": (DEV_SEED + 500, (5.0, 60.0)), "devs": (SMALL_SEED, SMALL_ML),
+                    "tstt": (TEST_SEED + 500, (5.0, 60.0)), "tsts": (TEST_SEED + 1000, SMALL_ML)}[tag]
+    for s, vol, brain, lesion in synthetic_tumours(contrast, start, n, (0.01, 0.02), sizes):
+        yield tag, s, vol.data, vol.affine, brain, lesion
+
+
+def outside(console: Console, cache: Path, n_healthy: int, n_tumours: int, n_small: int,
+            test: tuple[int, int, int], n_large: int, test_large: int) -> list[dict]:
+    """The outside section: FLAIR's findings at the shipped calibration with its intensity grow level 'scan'
+    (as shipped) and 'outside' (``Predictor.outside_findings_region``), alone and in the ``--t2 --flair``
+    consensus, on the candidates section's cached brains (nothing reconstructed). A brain without a finding at
+    the scan level keeps it exactly under 'outside', so only brains with one are drawn again for their
+    filtered intensity (cached under ``<cache>/<sha12>/filtered/``)."""
+    from medhdiff.io import Volume
+    from medhdiff.metrics import dice
+    from medhdiff.tasks import Predictor
+    from medhdiff.training import load_config
+
+    pred = Predictor(None, device="cpu", model="detector")
+    cal = pred.bundle.meta["calibration"]
+    where = cache / pred.sha256[:12]
+    if cal.get("grow_opening_mm", 0.0):
+        sys.exit("error: the outside section does not open grow regions; this calibration does")
+    base = load_config(ROOT / "configs" / "detector.yaml").detect
+    contrasts = ("t2", "flair")
+    settings = {}
+    for c in contrasts:
+        d = dataclasses.replace(base.for_contrast(c),
+                                score_scale={c: (cal.get("score_scale") or {}).get(c, "none")},
+                                score_smooth_mm={c: (cal.get("score_smooth_mm") or {}).get(c, 0.0)})
+        thr = cal["threshold"][c]
+        grow_thr = Predictor._grow_threshold("auto", cal, c, thr)
+        settings[c] = (d, _scorer(d, c), thr, grow_thr, cal["grow_intensity_percentile"][c] if grow_thr else None,
+                       cal["seed_min_volume_ml"][c])
+    if settings["flair"][4] is None:
+        sys.exit("error: the shipped FLAIR calibration grows through no intensity region")
+    order, useful = Predictor.lead_order(cal, contrasts)
+    seed_ml = {c: settings[c][5] for c in contrasts}
+    sets = {"devh": n_healthy, "devt": n_tumours, "devs": n_small, "devl": n_large, "real": 1,
+            "tsth": test[0], "tstt": test[1], "tsts": test[2], "tstl": test_large}
+    levels = ("scan", "outside")
+    results = {lv: {} for lv in levels}  # level -> tag -> [(flair mask, consensus mask, ref, rounds)]
+    for tag, n in sets.items():
+        if not n:
+            continue
+        source = None  # the set drawn again, lazily, only for brains with a finding
+        for s in [x for x in _seed_list(tag, n) if (where / f"flair_{tag}_{x}.npz").is_file()][:n]:
+            per = {}
+            for c in (c for c in contrasts if (where / f"{c}_{tag}_{s}.npz").is_file()):
+                d, scored, thr, grow_thr, q, _ = settings[c]
+                brains = [(tag, s, None, None, None, None)]
+                item = _reconstructed(console, pred, d, c, brains, where, scored, ())[0]
+                per[c] = item
+            fl = per["flair"]
+            d, scored, thr, grow_thr, q, _ = settings["flair"]
+            sc = scored(fl)
+            score_grow = sc > grow_thr
+            grow = {"scan": score_grow | fl["bright"][q]}
+            found_scan = Predictor._findings(sc, thr, VOXEL_ML, seed_ml["flair"], grow["scan"])
+            rounds = 1
+            if found_scan.any():
+                side = where / "filtered" / f"flair_{tag}_{s}.npz"
+                if side.is_file():
+                    with np.load(side) as z:
+                        smooth = z["smooth"]
+                else:
+                    if source is None:
+                        source = _set_brains("flair", tag, n)
+                    for t_, s_, image, aff, brain, _ in source:
+                        if s_ == s:
+                            break
+                    else:
+                        raise RuntimeError(f"flair {tag} {s}: not drawn again")
+                    prep = pred.prepare(Volume(image, aff), mask=brain)
+                    if not np.array_equal(prep.mask, fl["mask"]):
+                        raise RuntimeError(f"flair {tag} {s}: drawn again, it differs from the cached brain")
+                    smooth = Predictor.filtered_region(prep.image, prep.mask)[0]
+                    side.parent.mkdir(parents=True, exist_ok=True)
+                    np.savez_compressed(side, smooth=smooth)
+                bright, rounds = Predictor.outside_findings_region(sc, thr, score_grow, (smooth, fl["inner"]), q,
+                                                                   VOXEL_ML, seed_ml["flair"])
+                grow["outside"] = score_grow | bright
+            else:
+                grow["outside"] = grow["scan"]  # no finding: the scan level, exactly
+            t2 = per.get("t2")
+            for lv in levels:
+                alone = Predictor._findings(sc, thr, VOXEL_ML, seed_ml["flair"], grow[lv]) & fl["mask"]
+                joint = None
+                if t2 is not None:
+                    d2, scored2, thr2, grow_thr2, _, _ = settings["t2"]
+                    sc2 = scored2(t2)
+                    found = Predictor.combine_findings(
+                        {"t2": sc2 / thr2, "flair": sc / thr},
+                        {"t2": None if grow_thr2 is None else sc2 > grow_thr2, "flair": grow[lv]},
+                        seed_ml, VOXEL_ML, 1.0, "consensus", order, useful)
+                    joint = (found["t2"] | found["flair"]) & fl["mask"] & t2["mask"]
+                results[lv].setdefault(tag, []).append((alone, joint, fl["ref"], rounds if lv == "outside" else 1))
+            console.print(f"flair {tag} {s}: found {float(found_scan.sum()) * VOXEL_ML:.1f} mL at the scan level, "
+                          f"{float(results['outside'][tag][-1][0].sum()) * VOXEL_ML:.1f} outside ({rounds} levels)")
+            del per, fl, sc
+
+    def summary(lv: str, k: int, h: str, t: str, sm: str, lg: str) -> dict:
+        rows = results[lv]
+        fp = [float(r[k].sum()) * VOXEL_ML for r in rows.get(h, []) if r[k] is not None]
+        out = {"healthy": len(fp), "healthy_with_finding": sum(v > 0 for v in fp),
+               "worst_healthy_ml": round(max(fp, default=0.0), 2)}
+        for key, tag in (("tumours", t), ("small", sm), ("large", lg)):
+            tally = TumourTally()
+            for r in rows.get(tag, []):
+                if r[k] is not None:
+                    tally.add(r[k], r[2], VOXEL_ML)
+            out[key] = {"n": len(rows.get(tag, [])), "reached": tally.reached, "found_ml": round(tally.found_ml, 1),
+                        "reference_ml": round(tally.reference_ml, 1), "pooled_dice": round(tally.pooled_dice, 3)}
+        out["max_levels"] = max((r[3] for tag in (h, t, sm, lg) for r in rows.get(tag, [])), default=0)
+        return out
+
+    out = []
+    for k, what in ((0, "flair"), (1, "t2+flair consensus")):
+        for lv in levels:
+            real = results[lv]["real"][0]
+            row = {"input": what, "flair_intensity_level": lv,
+                   "development": summary(lv, k, "devh", "devt", "devs", "devl"),
+                   "test": summary(lv, k, "tsth", "tstt", "tsts", "tstl"), "real_case": CASE,
+                   "real_found_ml": None if real[k] is None else round(float(real[k].sum()) * VOXEL_ML, 1),
+                   "real_dice": None if real[k] is None else round(dice(real[k], real[2]), 3),
+                   "real_levels": real[3]}
+            out.append(row)
+            console.print(row)
+    return out
+
+
+def _seed_list(tag: str, n: int) -> list[int]:
+    """The seeds a set's cached brains may carry (a tumour set skips seeds whose tumour found no room, so it
+    looks a little further)."""
+    start = {"devh": DEV_SEED, "devt": DEV_SEED + 500, "devs": SMALL_SEED, "devl": LARGE_SEED, "real": 0,
+             "tsth": TEST_SEED, "tstt": TEST_SEED + 500, "tsts": TEST_SEED + 1000, "tstl": LARGE_SEED + 1000}[tag]
+    if tag in ("devh", "tsth", "real"):
+        return [start + i for i in range(n)]
+    return list(range(start, start + n + 100))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sections", nargs="+", default=["tta", "thick", "detect", "coarse"])
@@ -1004,9 +1168,11 @@ def main() -> None:
     ap.add_argument("--grow-grids", nargs="+", default=["config"],
                     help="candidates: grow-percentile grids, each 'config' (the contrast's grid in the config) or a "
                          "comma-separated list, e.g. 99.9,99.8,99.5,99,98,97,95,93,90,85,80")
-    ap.add_argument("--intensity-levels", nargs="+", default=["config"], choices=["config", *INTENSITY_LEVELS],
+    ap.add_argument("--intensity-levels", nargs="+", default=["config"],
+                    choices=["config", *(lv for lv in INTENSITY_LEVELS if lv != "outside")],
                     help="candidates: what intensity grow percentiles are of: 'config' (the contrast's "
-                         "detect.grow_intensity_level), 'scan' or 'robust'")
+                         "detect.grow_intensity_level; 'outside' is picked as 'scan'), 'scan' or 'robust' "
+                         "('outside' has its own section)")
     ap.add_argument("--dev-large", type=int, default=0,
                     help="candidates: development brains with a large tumour (60-150 mL, seeds 744000+) per contrast")
     ap.add_argument("--test-large", type=int, default=0,
@@ -1076,6 +1242,12 @@ def main() -> None:
         if not args.cache:
             sys.exit("error: the combine section reads the candidates section's cache: give --cache")
         payload["combine"] = combine(console, Path(args.cache), args.dev_healthy, args.dev_tumours, args.dev_small,
+                                     tuple(args.test), args.dev_large, args.test_large)
+        save_results("levers", payload)
+    if "outside" in args.sections:
+        if not args.cache:
+            sys.exit("error: the outside section reads the candidates section's cache: give --cache")
+        payload["outside"] = outside(console, Path(args.cache), args.dev_healthy, args.dev_tumours, args.dev_small,
                                      tuple(args.test), args.dev_large, args.test_large)
         save_results("levers", payload)
     if "heal-adapt" in args.sections:

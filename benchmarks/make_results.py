@@ -260,19 +260,20 @@ def levers_section(lv: dict) -> list[str]:
                            f"{t['pooled_dice']:.3f} | {t['small']['tumours_reached']} of {t['small']['tumours']} | "
                            f"{t['small']['pooled_dice']:.3f} | {_large(t.get('large'))} |"
                            for r in tested for t in [r["test"]]])
-    if lv.get("combine"):
-        def cells(x: dict) -> str:
-            large = x.get("large") or {}
-            return (f"{x['healthy_with_finding']} of {x['healthy']} | "
-                    f"{x['tumours']['reached']} of {x['tumours']['n']} | "
-                    f"{x['tumours']['found_ml']:.1f} / {x['tumours']['reference_ml']:.1f} | "
-                    f"{x['tumours']['pooled_dice']:.3f} | {x['small']['reached']} of {x['small']['n']} | "
-                    f"{x['small']['pooled_dice']:.3f} | " + (
-                        f"{large['reached']} of {large['n']}, {large['found_ml']:.1f} / {large['reference_ml']:.1f}, "
-                        f"{large['pooled_dice']:.3f}" if large.get("n") else ""))
 
-        head = ["healthy with a finding", "5-60 mL reached", "found / reference mL", "pooled Dice",
-                "1-8 mL reached", "small pooled Dice", "60-150 mL: reached, found / reference mL, pooled Dice"]
+    def cells(x: dict) -> str:
+        large = x.get("large") or {}
+        return (f"{x['healthy_with_finding']} of {x['healthy']} | "
+                f"{x['tumours']['reached']} of {x['tumours']['n']} | "
+                f"{x['tumours']['found_ml']:.1f} / {x['tumours']['reference_ml']:.1f} | "
+                f"{x['tumours']['pooled_dice']:.3f} | {x['small']['reached']} of {x['small']['n']} | "
+                f"{x['small']['pooled_dice']:.3f} | " + (
+                    f"{large['reached']} of {large['n']}, {large['found_ml']:.1f} / {large['reference_ml']:.1f}, "
+                    f"{large['pooled_dice']:.3f}" if large.get("n") else ""))
+
+    head = ["healthy with a finding", "5-60 mL reached", "found / reference mL", "pooled Dice",
+            "1-8 mL reached", "small pooled Dice", "60-150 mL: reached, found / reference mL, pooled Dice"]
+    if lv.get("combine"):
         out += _table("Detection: joining T2 and FLAIR (`detect --t2 --flair --combine`), on paired synthetic brains "
                       "(a seed draws the same brain and tumour in both contrasts), each contrast at the shipped "
                       "calibration; development (healthy 740000+, 5-60 mL 740500+, 1-8 mL 741000+), then test "
@@ -282,6 +283,16 @@ def levers_section(lv: dict) -> list[str]:
                        "TCGA-DU-7294 Dice (found mL)"],
                       [f"| {r['rule']} | {' > '.join(r['order'])} | {cells(r['development'])} | {cells(r['test'])} | "
                        f"{r['real_dice']:.3f} ({r['real_found_ml']:.1f}) |" for r in lv["combine"]])
+    if lv.get("outside"):
+        out += _table("Detection: FLAIR's intensity grow level taken outside the findings (`bench_levers.py --sections "
+                      "outside`; `grow_intensity_level: outside`, iterated up to 8 levels), against the shipped 'scan' "
+                      "level, at the shipped FLAIR pick; alone and in the `--t2 --flair` consensus; the same "
+                      "development and test brains as above (rule in bench_levers' docstring: not adopted)",
+                      ["input", "FLAIR level", *[f"dev: {h}" for h in head], *[f"test: {h}" for h in head],
+                       "most levels taken", "TCGA-DU-7294 Dice (found mL, levels)"],
+                      [f"| {r['input']} | {r['flair_intensity_level']} | {cells(r['development'])} | "
+                       f"{cells(r['test'])} | {max(r['development']['max_levels'], r['test']['max_levels'])} | "
+                       f"{r['real_dice']:.3f} ({r['real_found_ml']:.1f}, {r['real_levels']}) |" for r in lv["outside"]])
     if lv.get("heal_adapt"):
         out += _table("Detection: the patch network adapted to each scan (heal-adapt; shipped calibration)",
                       ["input", "model", "found mL", "Dice @auto", "score p99 / p99.9 in the brain", "AUROC",
@@ -376,6 +387,14 @@ def main() -> None:
                           ["input", "lesion mL", "robust SDs", "warns"],
                           [f"| {r['input']} | {_fmt(r['lesion_ml'], 1)} | {r['tail_sd']:.2f} | "
                            f"{'yes' if r['warns'] else 'no'} |" for r in t["rows"]])
+        if det.get("tissue"):
+            out += _table("Healthy tissue's median-filtered intensity above its median, in robust SDs (`bench_detect.py "
+                          "--sections tissue`): the healthy calibration brains against the real scans' healthy parts. "
+                          "A normal puts p95 at 1.64, p98 at 2.05, p99.9 at 3.09 and 5 % above its p95",
+                          ["input", "contrast", "p90", "p95", "p98", "p99", "p99.9", "share above a normal's p95"],
+                          [f"| {r['input']} | {r['contrast']} | {r['p90']:.2f} | {r['p95']:.2f} | {r['p98']:.2f} | "
+                           f"{r['p99']:.2f} | {r['p99.9']:.2f} | {r['share_above_normal_p95']:.1%} |"
+                           for r in det["tissue"]])
         if det.get("unreferenced"):
             out += _table("Real tumour scans without a reference segmentation (`bench_detect.py --sections "
                           "unreferenced`): what `detect` finds, beside a crude size of the scan's hyperintensity "

@@ -601,6 +601,70 @@ def test_robust_bright_level_is_not_raised_by_a_large_bright_lesion():
         Predictor.bright_regions(image, brain, [98.0], "mad")
 
 
+def _tail_phantom(seed: int, heavy: bool):
+    """A cube brain of unit tissue (5 % noise) with a bright lesion of 8 % of the scored region (1.6-2.4,
+    brighter towards one side) and a seed score in its bright corner; with ``heavy``, a heavy healthy tail
+    as well: about 10 % of the tissue in 4-voxel cubes of 1.3, away from the lesion, as real FLAIR's bright
+    healthy tissue is (periventricular caps, choroid plexus), and unlike a normal's tail."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    brain = np.zeros((40, 40, 40), bool)
+    brain[2:38, 2:38, 2:38] = True
+    image = np.where(brain, 1.0 + 0.05 * rng.standard_normal(brain.shape), 0.0).astype(np.float32)
+    if heavy:
+        for x in (25, 31):
+            for y in range(4, 34, 6):
+                for z in range(4, 34, 6):
+                    image[x:x + 4, y:y + 4, z:z + 4] = 1.3
+    lesion = np.zeros_like(brain)
+    lesion[8:22, 8:22, 8:22] = True
+    image[8:22, 8:22, 8:22] = (np.linspace(1.6, 2.4, 14, dtype=np.float32)[:, None, None]
+                               + 0.05 * rng.standard_normal((14, 14, 14)).astype(np.float32))
+    score = np.zeros(brain.shape, np.float32)
+    score[17:21, 10:14, 10:14] = 1.0  # the reconstruction flags only the lesion's brightest corner
+    return image, brain, lesion, score
+
+
+@pytest.mark.parametrize("heavy", [False, True])
+def test_outside_level_grows_through_a_large_lesion_that_lifts_the_scan_level(heavy):
+    """The scan's own p98 lies inside a lesion of 8 % of the brain, so findings grown through it keep only
+    the lesion's bright end; taken again outside the findings, the level falls to the tissue's own tail and
+    the finding takes the whole lesion. A heavy healthy tail keeps the level up (a normal fit would not):
+    the tissue's bright blobs stay out. A scan without a finding keeps the scan level exactly."""
+    import numpy as np
+
+    from scipy import ndimage
+
+    image, brain, lesion, score = _tail_phantom(3, heavy)
+    filtered = Predictor.filtered_region(image, brain)
+    none = np.zeros(brain.shape, bool)
+    scan = Predictor.bright_regions(image, brain, [98.0], filtered=filtered)[98.0]
+    found_scan = Predictor._findings(score, 0.5, 0.001, 0.0, scan)
+    bright, rounds = Predictor.outside_findings_region(score, 0.5, none, filtered, 98.0, 0.001, 0.0)
+    found = Predictor._findings(score, 0.5, 0.001, 0.0, bright)
+    tissue = filtered[1] & ~lesion
+    assert (found_scan & lesion).sum() < 0.5 * lesion.sum()
+    assert (found & lesion).sum() > 0.93 * lesion.sum() and 2 <= rounds <= 8  # less median-filtered edges
+    if heavy:  # the bright tissue holds the level above the tissue's noise and the median-filtered rim
+        assert not (found & tissue).any() and not (bright & tissue & (image < 1.2)).any()
+        # where a normal fitted by median and MAD puts its p98 among the noise
+        assert (Predictor.bright_regions(image, brain, [98.0], "robust")[98.0] & tissue & (image < 1.2)).sum() > 100
+    else:  # the tissue it takes is mostly the lesion's rim, which the median filter brightens, and few noise
+        # voxels beyond it
+        assert (found & tissue).sum() < 0.35 * lesion.sum()
+        assert (found & tissue & ~ndimage.binary_dilation(lesion)).sum() < 0.05 * lesion.sum()
+    # no seed: no finding, and the region is the scan level's, taken once
+    clean, once = Predictor.outside_findings_region(np.zeros_like(score), 0.5, none, filtered, 98.0, 0.001, 0.0)
+    assert once == 1 and np.array_equal(clean, scan)
+    # the rounds are capped, and an empty scored region gives an empty one
+    assert Predictor.outside_findings_region(score, 0.5, none, filtered, 98.0, 0.001, 0.0, rounds=1)[1] == 1
+    empty = (filtered[0], np.zeros_like(brain))
+    assert Predictor.outside_findings_region(score, 0.5, none, empty, 98.0, 0.001, 0.0)[0].sum() == 0
+    with pytest.raises(InputError):
+        Predictor.bright_regions(image, brain, [98.0], "outside")
+
+
 def test_intensity_tail_sd_flags_a_lesion_that_fills_the_scans_upper_tail():
     import numpy as np
 
@@ -622,7 +686,9 @@ def test_grow_intensity_level_is_per_contrast_and_needs_intensity_percentiles():
                      grow_intensity_level={"flair": "robust"})
     assert d.intensity_level("flair") == "robust" and d.intensity_level("t2") == "scan"
     assert d.for_contrast("flair").intensity_level("flair") == "robust"
-    with pytest.raises(InputError, match="scan or robust"):
+    assert DetectConfig(percentile=99.9, grow_percentiles=(99.0,), grow_intensity_percentiles=(98.0,),
+                        grow_intensity_level={"flair": "outside"}).intensity_level("flair") == "outside"
+    with pytest.raises(InputError, match="scan, robust, outside"):
         DetectConfig(percentile=99.9, grow_percentiles=(99.0,), grow_intensity_percentiles=(98.0,),
                      grow_intensity_level={"flair": "mad"})
     with pytest.raises(InputError, match="needs grow_intensity_percentiles"):
@@ -647,17 +713,25 @@ def test_detect_applies_the_calibrated_intensity_level(model_dir, tmp_path):
         filters.append(1)
         return real_filter(image, brain)
 
-    for level in ("scan", "robust"):
+    real_outside = Predictor.outside_findings_region
+
+    def outside(*args, **kw):
+        seen.append("outside")
+        return real_outside(*args, **kw)
+
+    for level in ("scan", "robust", "outside"):
         update_bundle_meta(model, calibration=dict(base, grow_intensity_percentile={"t2": 90.0},
                                                    grow_intensity_level={"t2": level}))
         pred = Predictor(model, device="cpu")
-        pred.bright_regions, pred.filtered_region = spy, count
+        pred.bright_regions, pred.filtered_region, pred.outside_findings_region = spy, count, outside
         filters.clear()
         res = pred.detect(scan, contrast="t2", min_volume_ml=0.0)
         assert seen[-1] == level and res.report["grow_intensity_level"] == level
         assert len(filters) == 1  # the region and the tail check share one median filter
-        # the scan level's tail is reported (the robust level is not lifted by a lesion: nothing to report)
+        # the scan's own tail is reported (the robust level is not lifted by a lesion: nothing to report)
         assert (res.report["grow_intensity_tail_sd"] is None) == (level == "robust")
+        rounds = res.report["grow_intensity_rounds"]
+        assert rounds is None if level != "outside" else 1 <= rounds <= 8
     off = pred.detect(scan, contrast="t2", min_volume_ml=0.0, grow="off")
     assert off.report["grow_intensity_level"] is None and off.report["grow_intensity_tail_sd"] is None
 
@@ -985,11 +1059,12 @@ def test_calibration_scores_and_records_a_contrasts_own_grow_grid(model_dir, tmp
     settings = DetectConfig(strengths=(0.2,), steps=1, ensemble=1, healthy_volumes=2, lesion_volumes=1,
                             percentile=99.9, seed_percentiles=(99.5,), grow_percentiles=(99.0, 95.0),
                             grow_percentiles_by_contrast={"t2": (99.8, 99.0, 95.0)}, min_useful_dice=0.0,
-                            grow_intensity_percentiles=(98.0,), grow_intensity_level={"flair": "robust"})
+                            grow_intensity_percentiles=(98.0,),
+                            grow_intensity_level={"t2": "outside", "flair": "robust"})
     cal = calibrate_detection(model, cfg, detect=settings)
     assert cal["grow_percentiles"] == {"t2": [99.8, 99.0, 95.0], "flair": [99.0, 95.0]}
     grows = {c: {float(k.split("/")[1]) for k in cal["synthetic_tumour"][c]["dice_and_healthy_fp_ml_by_seed_grow_percentile"]}
              for c in ("t2", "flair")}
     assert grows == {"t2": {99.8, 99.0, 95.0}, "flair": {99.0, 95.0}}
-    assert cal["grow_intensity_level"] == {"t2": "scan", "flair": "robust"}
+    assert cal["grow_intensity_level"] == {"t2": "outside", "flair": "robust"}
     assert cal["hysteresis"]["t2"]["grow_percentile"] in grows["t2"]

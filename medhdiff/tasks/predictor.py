@@ -43,6 +43,12 @@ BRIGHT_LESION_CONTRASTS = ("t2", "flair")
 #: to lie inside a large lesion, and ``detect`` warns that findings may miss its edges.
 LESION_TAIL_SD = 3.09
 
+#: The most times ``Predictor.outside_findings_region`` takes the level again outside the findings, and how far
+#: (mm) around the findings it leaves out: the 3^3 median filter carries a lesion's brightness one voxel out and
+#: partial volume another, and tissue left in the level beside a finding would be its brightest, not typical.
+OUTSIDE_ROUNDS = 8
+OUTSIDE_MARGIN_MM = 2.0
+
 #: How ``detect_multi`` joins several contrasts' findings (``Predictor.combine_findings``).
 COMBINE_RULES = ("union", "consensus", "lead")
 
@@ -380,8 +386,8 @@ class Predictor:
         contrast, and only voxels connected to a seed of the residual score ever join. ``filtered``
         (``filtered_region``'s result) saves a second median filter where the caller already has one.
         """
-        if level not in INTENSITY_LEVELS:
-            raise InputError(f"the intensity grow level must be one of {', '.join(INTENSITY_LEVELS)}, got {level!r}")
+        if level not in INTENSITY_LEVELS or level == "outside":  # "outside" needs findings: its own method
+            raise InputError(f"the intensity grow level must be scan or robust here, got {level!r}")
         percentiles = [float(p) for p in percentiles]
         if not percentiles:
             return {}
@@ -395,6 +401,52 @@ class Predictor:
         else:
             cut = dict(zip(percentiles, np.percentile(values, percentiles)))
         return {p: (smooth > cut[p]) & inner for p in percentiles}
+
+    @classmethod
+    def outside_findings_region(cls, score: np.ndarray, threshold: float, grow_region: np.ndarray,
+                                filtered: tuple[np.ndarray, np.ndarray], percentile: float, voxel_ml: float,
+                                min_volume_ml: float, spacing=(1.0, 1.0, 1.0), opening_mm: float = 0.0,
+                                rounds: int = OUTSIDE_ROUNDS) -> tuple[np.ndarray, int]:
+        """The intensity grow region at the ``"outside"`` level, and how many times the level was taken.
+
+        The findings are first formed as ``_findings`` forms them (seeds of ``score`` above ``threshold`` of at
+        least ``min_volume_ml``) through ``grow_region`` (the score's own grow region) joined with the filtered
+        intensity (``filtered``: ``filtered_region``'s result) above its ``percentile`` in the scored region,
+        the ``"scan"`` level. Then the percentile is taken again over the scored region less those findings
+        and ``OUTSIDE_MARGIN_MM`` around them, and the findings regrown, until they stop changing (at most
+        ``rounds`` levels). Without the margin, the bright rim each round adds would leave the level and
+        lower it again, round after round. A large bright lesion
+        fills the scan's own upper tail and lifts the scan level into itself; once its found part is left out,
+        the level falls back towards the healthy tissue's own tail, heavy or not. A scan without findings
+        keeps the scan level exactly, so this never seeds a finding, and each level is an empirical
+        percentile of the scan, never below that of its healthy-looking tissue. ``opening_mm`` opens each
+        grow region as ``detect`` does (``open_region`` on a grid of ``spacing`` mm)."""
+        smooth, inner = filtered
+        grow_region = np.asarray(grow_region, dtype=bool)
+
+        def grown(cut: float) -> tuple[np.ndarray, np.ndarray]:
+            bright = (smooth > cut) & inner
+            region = grow_region | bright
+            if opening_mm > 0:
+                region = cls.open_region(region, spacing, opening_mm)
+            return bright, cls._findings(score, threshold, voxel_ml, min_volume_ml, region)
+
+        if not inner.any():
+            return inner, 0
+        step = max(1, int(round(OUTSIDE_MARGIN_MM / min(float(v) for v in spacing))))
+        bright, found = grown(float(np.percentile(smooth[inner], percentile)))
+        taken = 1
+        while taken < rounds and found.any():
+            rest = inner & ~ndimage.binary_dilation(found, iterations=step)
+            if not rest.any():
+                break
+            new_bright, new_found = grown(float(np.percentile(smooth[rest], percentile)))
+            taken += 1
+            if np.array_equal(new_found, found):
+                bright = new_bright
+                break
+            bright, found = new_bright, new_found
+        return bright, taken
 
     @staticmethod
     def filtered_region(image: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -434,7 +486,7 @@ class Predictor:
         return ndimage.binary_opening(region, structure=ball)
 
     def _score(self, volume: Volume, *, threshold, ensemble, strengths, steps, mask, contrast, polarity, seed,
-               grow="auto"):
+               grow="auto", min_volume_ml: float | None = None):
         """Score map on the input grid, reconstruction, and the thresholds that apply to it."""
         cal = dict(self.bundle.meta.get("calibration", {}))
         fallback = DetectConfig()  # a model calibrated before these settings were stored
@@ -477,22 +529,29 @@ class Predictor:
         table = cal.get("grow_intensity_percentile", {})
         bright_p = table.get(name) if grow == "auto" and grow_thr is not None and isinstance(table, dict) else None
         bright_level = (cal.get("grow_intensity_level") or {}).get(name, "scan")
-        grow_mask, tail_sd = None, None
+        opening = float(cal.get("grow_opening_mm", 0.0))
+        grow_mask, tail_sd, rounds = None, None, None
         if grow_thr is not None:
             grow_mask = score_map > grow_thr
             if bright_p is not None:
-                filtered = self.filtered_region(prep.image, prep.mask)  # one median filter for both uses
-                bright = self.bright_regions(prep.image, prep.mask, [float(bright_p)], bright_level,
-                                             filtered)[float(bright_p)]
+                filtered = self.filtered_region(prep.image, prep.mask)  # one median filter for every use
+                if bright_level == "outside":  # the findings, in model space, set the level
+                    spacing = prep.record.model_spacing
+                    bright, rounds = self.outside_findings_region(
+                        score, float(thr), score > grow_thr, filtered, float(bright_p),
+                        float(np.prod(spacing)) / 1000.0, self._min_volume(min_volume_ml, name, threshold == "auto"),
+                        spacing, opening)
+                else:
+                    bright = self.bright_regions(prep.image, prep.mask, [float(bright_p)], bright_level,
+                                                 filtered)[float(bright_p)]
                 grow_mask |= self.preprocessor.inverse(bright.astype(np.float32), prep.record, kind="mask") > 0
-                if bright_level == "scan":
+                if bright_level != "robust":
                     tail_sd = self.intensity_tail_sd(prep.image, prep.mask, float(bright_p), filtered)
-                    if tail_sd is not None and tail_sd > LESION_TAIL_SD:
+                    if bright_level == "scan" and tail_sd is not None and tail_sd > LESION_TAIL_SD:
                         log.warning("%s: the scan's own p%g lies %.1f robust SDs above its median (a normal "
                                     "tissue distribution: about 2): a large bright lesion fills the tail, so "
                                     "findings may miss its edges; compare with a T2 of the same subject",
                                     volume.path or "input", float(bright_p), tail_sd)
-        opening = float(cal.get("grow_opening_mm", 0.0))
         if grow_mask is not None and opening > 0:
             grow_mask = self.open_region(grow_mask, volume.spacing, opening)
         settings = {"contrast": name, "polarity": polarity, "threshold": float(thr), "threshold_source": thr_source,
@@ -500,6 +559,7 @@ class Predictor:
                     "grow_intensity_percentile": None if bright_p is None else float(bright_p),
                     "grow_intensity_level": None if bright_p is None else bright_level,
                     "grow_intensity_tail_sd": None if tail_sd is None else round(tail_sd, 2),
+                    "grow_intensity_rounds": rounds,
                     "grow_opening_mm": opening if grow_mask is not None else None,
                     "score_scale": None if divisor is None else {"statistic": scale, "divisor": round(divisor, 6)},
                     "score_smooth_mm": smooth_mm,
@@ -650,6 +710,7 @@ class Predictor:
             "grow_intensity_percentile": settings.get("grow_intensity_percentile"),
             "grow_intensity_level": settings.get("grow_intensity_level"),
             "grow_intensity_tail_sd": settings.get("grow_intensity_tail_sd"),
+            "grow_intensity_rounds": settings.get("grow_intensity_rounds"),
             "grow_opening_mm": settings.get("grow_opening_mm"),
             "score_scale": settings.get("score_scale"),
             "score_smooth_mm": settings.get("score_smooth_mm"),
@@ -694,7 +755,7 @@ class Predictor:
         start = time.time()
         score_map, reconstruction, settings, grow_mask = self._score(
             volume, threshold=threshold, ensemble=ensemble, strengths=strengths, steps=steps, mask=mask,
-            contrast=contrast, polarity=polarity, seed=seed, grow=grow)
+            contrast=contrast, polarity=polarity, seed=seed, grow=grow, min_volume_ml=min_volume_ml)
         min_ml = self._min_volume(min_volume_ml, settings["contrast"], threshold == "auto")
         keep, components = self._components(score_map, settings["threshold"], volume, min_ml, grow_mask)
         report = self._report(volume, settings, components, min_ml, start)
@@ -747,14 +808,15 @@ class Predictor:
         for name, vol in items:
             score_map, _, settings, grow_mask = self._score(vol, threshold="auto", ensemble=ensemble, strengths=None,
                                                             steps=steps, mask=mask, contrast=name, polarity="auto",
-                                                            seed=seed, grow=grow)
+                                                            seed=seed, grow=grow, min_volume_ml=min_volume_ml)
             norm = score_map / max(settings["threshold"], 1e-12)
             combined = norm if combined is None else np.maximum(combined, norm)
             norms[name], grows[name] = norm, grow_mask
             seed_ml = seed_mls[name] = self._min_volume(min_volume_ml, settings.get("contrast", name))
             per[name] = {**{k: settings.get(k) for k in ("threshold", "threshold_source", "grow_threshold",
                                                      "grow_intensity_percentile", "grow_intensity_level",
-                                                     "grow_intensity_tail_sd", "grow_opening_mm", "score_scale",
+                                                     "grow_intensity_tail_sd", "grow_intensity_rounds",
+                                                     "grow_opening_mm", "score_scale",
                                                      "score_smooth_mm", "polarity")},
                          "min_component_ml": seed_ml,
                          "calibration_check": self._calibration_check(name, warn=False)}

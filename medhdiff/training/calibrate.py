@@ -94,11 +94,14 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
             progress(contrast, done, total)
 
     def bright(prep, contrast: str) -> dict:
-        """The scan's intensity grow regions, one per candidate percentile (only tried against tumours)."""
+        """The scan's intensity grow regions, one per candidate percentile (only tried against tumours). The
+        ``"outside"`` level is picked at the ``"scan"`` level: the two agree on every scan without a finding,
+        and taking it outside each candidate's own findings would cost every candidate several labellings."""
         if not (d.lesion_volumes and d.grow_percentiles):
             return {}
+        level = d.intensity_level(contrast)
         return Predictor.bright_regions(prep.image, prep.mask, d.grow_intensity_percentiles,
-                                        d.intensity_level(contrast))
+                                        "scan" if level == "outside" else level)
 
     for contrast in chosen:
         gen = HealthyBrainGenerator(contrast=contrast, spacing=spacing, noise_range=cfg.data.noise_range)

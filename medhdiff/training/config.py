@@ -23,7 +23,7 @@ from medhdiff.preprocess import PreprocessConfig
 from medhdiff.synth.lesions import contrast_scale_range
 
 #: What an intensity grow percentile is a percentile of (``DetectConfig.grow_intensity_level``).
-INTENSITY_LEVELS = ("scan", "robust")
+INTENSITY_LEVELS = ("scan", "robust", "outside")
 
 
 def _check(cls: type, data: Mapping[str, Any], where: str) -> None:
@@ -223,10 +223,15 @@ class DetectConfig:
     contrasts it names. ``grow_intensity_level`` (per contrast) says what an intensity
     grow percentile is a percentile of: ``"scan"`` (the default), the scan's own
     intensities in the scored region, or ``"robust"``, a normal distribution fitted
-    to them by their median and MAD (``Predictor.bright_regions``). A large lesion
-    fills the scan's own upper tail with its own voxels, so the empirical level
-    rises with its size and cuts the lesion's edges away; the median and MAD move
-    little until half the brain is lesion. Without ``grow_percentiles``, and with
+    to them by their median and MAD (``Predictor.bright_regions``), or ``"outside"``,
+    the scan's own intensities outside the findings, iterated
+    (``Predictor.outside_findings_region``). A large lesion fills the scan's own
+    upper tail with its own voxels, so the empirical level rises with its size and
+    cuts the lesion's edges away; the median and MAD move little until half the
+    brain is lesion, but a normal fit misses a heavy healthy tail; the level outside
+    the findings is the healthy tissue's own. ``medhdiff calibrate`` picks
+    ``"outside"``'s percentiles at the ``"scan"`` level, which it equals on every
+    scan without a finding. Without ``grow_percentiles``, and with
     ``lesion_volumes > 0``, the single threshold is raised, where that helps,
     to the threshold of best Dice on those tumours.
     """
@@ -330,9 +335,9 @@ class DetectConfig:
         if any(self.healthy_count(c) < 3 for c in self.seed_tail):
             raise InputError("detect.seed_tail needs at least 3 healthy calibration brains for each contrast it names")
         self.grow_intensity_level = _contrast_map("grow_intensity_level", self.grow_intensity_level, str,
-                                                  "scan or robust", "{flair: robust}")
+                                                  "scan, robust or outside", "{flair: outside}")
         if not all(v in INTENSITY_LEVELS for v in self.grow_intensity_level.values()):
-            raise InputError("detect.grow_intensity_level values must be scan or robust")
+            raise InputError(f"detect.grow_intensity_level values must be one of {', '.join(INTENSITY_LEVELS)}")
         if self.grow_intensity_level and not self.grow_intensity_percentiles:
             raise InputError("detect.grow_intensity_level needs grow_intensity_percentiles")
 
@@ -351,7 +356,7 @@ class DetectConfig:
         return self.grow_percentiles_by_contrast.get(contrast, self.grow_percentiles)
 
     def intensity_level(self, contrast: str) -> str:
-        """What ``contrast``'s intensity grow percentiles are percentiles of: ``"scan"`` or ``"robust"``."""
+        """What ``contrast``'s intensity grow percentiles are percentiles of: ``"scan"``, ``"robust"`` or ``"outside"``."""
         return self.grow_intensity_level.get(contrast, "scan")
 
     def for_contrast(self, contrast: str) -> "DetectConfig":
