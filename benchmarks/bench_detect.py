@@ -76,26 +76,28 @@ SIZE_SEED = 760_000
 SIZE_RANGES_ML = ((1.0, 3.0), (3.0, 8.0), (8.0, 20.0))
 
 
-def healthy_synthetic(contrast: str, i: int, first: int = HEALTHY_SEED):
-    """Synthetic healthy brain number ``i`` (seed ``first + i``; 1 mm, built-in label map, no noise)."""
+def healthy_synthetic(contrast: str, i: int, first: int = HEALTHY_SEED, synthesis: dict | None = None):
+    """Synthetic healthy brain number ``i`` (seed ``first + i``; 1 mm, built-in label map, no noise;
+    ``synthesis``: further ``HealthyBrainGenerator`` settings)."""
     from medhdiff.io import Volume
     from medhdiff.synth import HealthyBrainGenerator, load_builtin_labelmap
 
     labels, affine = load_builtin_labelmap()
-    res = HealthyBrainGenerator(contrast=contrast, spacing=1.0, noise_range=(0.0, 0.0)).generate(
+    res = HealthyBrainGenerator(contrast=contrast, spacing=1.0, noise_range=(0.0, 0.0), **(synthesis or {})).generate(
         labels, affine, seed=first + i)
     return Volume(res.image, res.affine), res.brain_mask > 0
 
 
-def synthetic_tumours(contrast: str, start: int, n: int, noise_range, volume_ml):
+def synthetic_tumours(contrast: str, start: int, n: int, noise_range, volume_ml, synthesis: dict | None = None):
     """``n`` synthetic brains with an injected tumour (1 mm, built-in label map), seeds from ``start`` (a seed
-    whose tumour finds no room is skipped, as calibration does): ``(seed, Volume, brain, lesion)``."""
+    whose tumour finds no room is skipped, as calibration does): ``(seed, Volume, brain, lesion)``.
+    ``synthesis``: further ``HealthyBrainGenerator`` settings."""
     from medhdiff.io import Volume
     from medhdiff.synth import HealthyBrainGenerator, LesionInjector, load_builtin_labelmap
     from medhdiff.synth import labels as synth_labels
 
     labels, affine = load_builtin_labelmap()
-    gen = HealthyBrainGenerator(contrast=contrast, spacing=1.0, noise_range=noise_range)
+    gen = HealthyBrainGenerator(contrast=contrast, spacing=1.0, noise_range=noise_range, **(synthesis or {}))
     found, s = 0, start
     while found < n:
         res = gen.generate(labels, affine, seed=s)

@@ -12,7 +12,7 @@
     python benchmarks/bench_levers.py --sections candidates --models detector runs/detector_t2/model --dev-healthy 32 \
         [--contrasts t2 flair] [--cache /tmp/residuals] [--seed-tails none 0.01] [--test 32 10 8] \
         [--grow-grids config 99.9,99.8,99.5,99,98,97,95,93,90,85,80] [--intensity-levels scan robust] \
-        [--dev-large 8] [--test-large 8]
+        [--dev-large 8] [--test-large 8] [--synthesis JSON]
     python benchmarks/bench_levers.py --sections combine --cache /tmp/residuals --dev-healthy 16 --test 32 10 8 \
         [--dev-large 8 --test-large 8]
     python benchmarks/bench_levers.py --sections outside --cache /tmp/residuals --dev-healthy 16 --test 32 10 8 \
@@ -169,6 +169,28 @@
   not a criterion. Consensus passed and is the default. Then, because on BraTS-example (no reference) the
   consensus of T2 and FLAIR found 33.2 mL where T2 alone found 66.3, the large tumours were added as a
   disclosure, not a criterion (`--dev-large 8 --test-large 8`: 60-150 mL, paired as above).
+  Calibration brains drawn like real tissue (`--synthesis`, `detect.calibration_synthesis`), stop 29. Every real
+  FLAIR's healthy tissue spreads further above its median than any FLAIR calibration brain's (bench_detect's
+  tissue section: p98 2.08-2.63 robust SDs against 1.06-1.68), so levels calibrated on those brains land inside
+  real healthy tissue ('robust' and 'outside' over-grew TCGA-DU-7294). Option: FLAIR brains drawn with a
+  narrower grey-white gap and a stronger texture (`{"texture_amplitude": [0.06, 0.12], "tissue_ratios": {"wm":
+  [0.8, 0.9]}}`), the closest of 8 generator settings tried to the healthy halves of BraTS-example and
+  AURORA-example (p98 1.77-2.42, against 2.47 and 2.63; TCGA-DU-7294, 2.08, was seen too). Every brain of the
+  section (calibration, development, test) is drawn that way; the shipped calibration's pick is applied to the
+  same brains as the baseline. Run: `--sections candidates --models detector --contrasts flair --dev-healthy 16
+  --dev-large 8 --test 32 10 8 --test-large 8 --intensity-levels scan robust --synthesis '{...}'`. The rule,
+  fixed before the run: a recalibrated FLAIR pick (level 'scan' or 'robust') replaces the shipped one only if
+  - development (16 healthy, 10 of 5-60 mL, 8 of 1-8 mL, 8 of 60-150 mL, all drawn that way): no more healthy
+    brains with a finding than the shipped pick and no larger worst one, no fewer tumours reached (the three
+    sets together), the 5-60 mL pooled Dice at most 0.02 below the shipped pick's and the 60-150 mL pooled Dice
+    at least 0.05 above;
+  - test (32, 10, 8, 8): no more healthy brains with a finding, no fewer tumours reached, the 5-60 mL pooled
+    Dice at most 0.02 below, the 60-150 mL pooled Dice above;
+  - TCGA-DU-7294 FLAIR at the pick: Dice at least 0.75.
+  Among those that pass, the best development 60-150 mL Dice (within 0.01: 'scan'). It then ships as
+  `detect.calibration_synthesis` for FLAIR in configs/detector.yaml and a FLAIR recalibration (`medhdiff
+  calibrate --contrast flair`), after bench_detect's held-out checks (healthy brains, the real case, sizes).
+  Reported, not criteria: BraTS-example's and AURORA-example's found volumes.
 * outside: FLAIR's intensity grow level taken outside the findings (`detect.grow_intensity_level: outside`),
   stop 29. Under 'scan' a large tumour fills the scan's own upper tail and lifts p98 into itself (45 % of
   60-150 mL synthetic tumours found; 26.8 mL of BraTS-example's ~123 mL hyperintensity); 'robust' (a normal
@@ -197,6 +219,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -427,11 +450,13 @@ def score_scale(console: Console, n_healthy: int, n_tumours: int, cache: Path | 
 
 
 def _brain_sets(console: Console, pred, cfg, contrast: str, n_healthy: int, n_tumours: int,
-                cache: Path | None, scored=None, levels=()) -> tuple[list[dict], list[dict]]:
+                cache: Path | None, scored=None, levels=(), synthesis: dict | None = None) -> tuple[list[dict], list[dict]]:
     """The calibration brains of ``cfg`` (healthy 900000+, then tumours 900501+, as ``medhdiff calibrate`` draws
     them) and the development brains (``n_healthy`` healthy 740000+, then ``n_tumours`` tumours 740500+), each
     reconstructed once by ``pred`` (cached per brain under ``cache``): items with the signed ``residual``s, the
-    model-space ``mask``, ``inner`` (scored region), ``ref`` (the tumour) and ``bright`` (intensity regions)."""
+    model-space ``mask``, ``inner`` (scored region), ``ref`` (the tumour) and ``bright`` (intensity regions).
+    The calibration brains are drawn with the config's ``detect.calibration_synthesis``, the development
+    brains with ``synthesis``."""
     from bench_detect import healthy_synthetic, synthetic_tumours
 
     from medhdiff.synth import HealthyBrainGenerator, load_builtin_labelmap
@@ -441,19 +466,21 @@ def _brain_sets(console: Console, pred, cfg, contrast: str, n_healthy: int, n_tu
     labels, affine = load_builtin_labelmap()
 
     def calibration_brains():
-        gen = HealthyBrainGenerator(contrast=contrast, spacing=1.0, noise_range=cfg.data.noise_range)
+        gen = HealthyBrainGenerator(contrast=contrast, spacing=1.0, noise_range=cfg.data.noise_range,
+                                    **d.synthesis(contrast))
         for i in range(d.healthy_volumes):
             res = gen.generate(labels, affine, seed=900_000 + i)
             yield "calh", 900_000 + i, res.image, res.affine, res.brain_mask > 0, None
         for s, vol, brain, lesion in synthetic_tumours(contrast, 900_501, d.lesion_volumes, cfg.data.noise_range,
-                                                       LESION_ML):
+                                                       LESION_ML, d.synthesis(contrast)):
             yield "calt", s, vol.data, vol.affine, brain, lesion
 
     def development_brains():
         for i in range(n_healthy):
-            vol, brain = healthy_synthetic(contrast, i, first=DEV_SEED)
+            vol, brain = healthy_synthetic(contrast, i, first=DEV_SEED, synthesis=synthesis)
             yield "devh", DEV_SEED + i, vol.data, vol.affine, brain, None
-        for s, vol, brain, lesion in synthetic_tumours(contrast, DEV_SEED + 500, n_tumours, (0.01, 0.02), (5.0, 60.0)):
+        for s, vol, brain, lesion in synthetic_tumours(contrast, DEV_SEED + 500, n_tumours, (0.01, 0.02), (5.0, 60.0),
+                                                       synthesis):
             yield "devt", s, vol.data, vol.affine, brain, lesion
 
     return (_reconstructed(console, pred, d, contrast, calibration_brains(), cache, scored, levels),
@@ -770,34 +797,34 @@ LARGE_SEED = 744_000  # large tumours of 60-150 mL: development 744000+, test 74
 LARGE_ML = (60.0, 150.0)
 
 
-def _test_brains(contrast: str, n_healthy: int, n_tumours: int, n_small: int):
+def _test_brains(contrast: str, n_healthy: int, n_tumours: int, n_small: int, synthesis: dict | None = None):
     """The held-out test brains of the candidates section, as ``_reconstructed`` takes them: ``n_healthy`` clean
     healthy brains (tag tsth), ``n_tumours`` tumours of 5-60 mL (tstt) and ``n_small`` of 1-8 mL (tsts), 1-2 %
     noise, drawn as the development brains are from seeds no other set draws."""
     from bench_detect import healthy_synthetic, synthetic_tumours
 
     for i in range(n_healthy):
-        vol, brain = healthy_synthetic(contrast, i, first=TEST_SEED)
+        vol, brain = healthy_synthetic(contrast, i, first=TEST_SEED, synthesis=synthesis)
         yield "tsth", TEST_SEED + i, vol.data, vol.affine, brain, None
     for tag, start, n, sizes in (("tstt", TEST_SEED + 500, n_tumours, (5.0, 60.0)),
                                  ("tsts", TEST_SEED + 1000, n_small, SMALL_ML)):
-        for s, vol, brain, lesion in synthetic_tumours(contrast, start, n, (0.01, 0.02), sizes):
+        for s, vol, brain, lesion in synthetic_tumours(contrast, start, n, (0.01, 0.02), sizes, synthesis):
             yield tag, s, vol.data, vol.affine, brain, lesion
 
 
-def _large_brains(contrast: str, tag: str, start: int, n: int):
+def _large_brains(contrast: str, tag: str, start: int, n: int, synthesis: dict | None = None):
     """``n`` brains with a large tumour (60-150 mL, 1-2 % noise) from seed ``start``, as ``_reconstructed``
     takes them."""
     from bench_detect import synthetic_tumours
 
-    for s, vol, brain, lesion in synthetic_tumours(contrast, start, n, (0.01, 0.02), LARGE_ML):
+    for s, vol, brain, lesion in synthetic_tumours(contrast, start, n, (0.01, 0.02), LARGE_ML, synthesis):
         yield tag, s, vol.data, vol.affine, brain, lesion
 
 
 def candidates(console: Console, models: list[str], contrasts, n_healthy: int, n_tumours: int, n_small: int,
                cache: Path | None, seed_tails=("config",), test: tuple[int, int, int] = (0, 0, 0),
                grow_grids=("config",), intensity_levels=("config",), n_large: int = 0,
-               test_large: int = 0) -> list[dict]:
+               test_large: int = 0, synthesis: dict | None = None) -> list[dict]:
     """Detection models compared as each would ship: per model and contrast, the pick ``medhdiff calibrate``
     would make with configs/detector.yaml's settings (its healthy count per contrast, score scale and
     smoothing) on that model's own reconstructions of the calibration brains, applied to the development
@@ -807,7 +834,9 @@ def candidates(console: Console, models: list[str], contrasts, n_healthy: int, n
     ``grow_grids`` option: ``"config"`` (the contrast's ``DetectConfig.grow_grid``) or a tuple of grow percentiles,
     and per ``intensity_levels`` option: ``"config"`` (the contrast's ``DetectConfig.intensity_level``), ``"scan"``
     or ``"robust"``. ``n_large`` development and ``test_large`` test brains carry a large tumour (60-150 mL;
-    :func:`_large_brains`)."""
+    :func:`_large_brains`). With ``synthesis`` (``HealthyBrainGenerator`` settings), every brain, calibration
+    ones included, is drawn with it (cached apart, under ``syn-<its hash>/``), and for the shipped detection
+    model a row gives its shipped calibration's pick applied to those brains."""
     import copy
 
     from bench_detect import score_peaks, synthetic_tumours
@@ -823,49 +852,68 @@ def candidates(console: Console, models: list[str], contrasts, n_healthy: int, n
     for spec in models:
         pred = Predictor(None if spec == "detector" else spec, device="cpu", model="detector")
         where = None if cache is None else cache / pred.sha256[:12]  # one model's residuals never mix with another's
+        if where is not None and synthesis:  # nor brains drawn one way with brains drawn another
+            where = where / f"syn-{hashlib.sha256(json.dumps(synthesis, sort_keys=True).encode()).hexdigest()[:8]}"
         for contrast in contrasts:
             cfg = copy.deepcopy(base)
             cfg.detect.healthy_volumes = cfg.detect.healthy_count(contrast)
+            if synthesis:
+                cfg.detect.calibration_synthesis = {contrast: synthesis}
             d = cfg.detect.for_contrast(contrast)
             scored = _scorer(d, contrast)
             # 'outside' is picked at the 'scan' level, as medhdiff calibrate picks it (the outside section measures it)
             picked = {lv: "scan" if lv == "outside" else lv
                       for lv in (d.intensity_level(contrast) if v == "config" else v for v in intensity_levels)}
             levels = sorted(set(picked.values()))
-            cal, dev = _brain_sets(console, pred, cfg, contrast, n_healthy, n_tumours, where, scored, levels)
+            cal, dev = _brain_sets(console, pred, cfg, contrast, n_healthy, n_tumours, where, scored, levels, synthesis)
             small = _reconstructed(console, pred, d, contrast, (
                 ("devs", s, vol.data, vol.affine, brain, lesion)
-                for s, vol, brain, lesion in synthetic_tumours(contrast, SMALL_SEED, n_small, (0.01, 0.02), SMALL_ML)),
+                for s, vol, brain, lesion in synthetic_tumours(contrast, SMALL_SEED, n_small, (0.01, 0.02), SMALL_ML,
+                                                               synthesis)),
                 where, scored, levels)
-            large = _reconstructed(console, pred, d, contrast, _large_brains(contrast, "devl", LARGE_SEED, n_large),
-                                   where, scored, levels)
+            large = _reconstructed(console, pred, d, contrast,
+                                   _large_brains(contrast, "devl", LARGE_SEED, n_large, synthesis), where, scored, levels)
             scan = load_volume(TUMOUR / CASE / f"{'fla' if contrast == 'flair' else contrast}.nii.gz")
             real = _reconstructed(console, pred, d, contrast, [("real", 0, scan.data, scan.affine, None, seg)],
                                   where, scored, levels)[0]
-            held_out = _reconstructed(console, pred, d, contrast, _test_brains(contrast, *test), where, scored,
-                                      levels)
+            held_out = _reconstructed(console, pred, d, contrast, _test_brains(contrast, *test, synthesis), where,
+                                      scored, levels)
             held_large = _reconstructed(console, pred, d, contrast,
-                                        _large_brains(contrast, "tstl", LARGE_SEED + 1000, test_large), where,
-                                        scored, levels)
+                                        _large_brains(contrast, "tstl", LARGE_SEED + 1000, test_large, synthesis),
+                                        where, scored, levels)
             everything = [*cal, *dev, *small, *large, real, *held_out, *held_large]
-            for option, grid, lv in ((o, g, v) for o in seed_tails for g in grow_grids for v in intensity_levels):
-                level = picked[d.intensity_level(contrast) if lv == "config" else lv]
+            options = [(o, g, v) for o in seed_tails for g in grow_grids for v in intensity_levels]
+            shipped = pred.bundle.meta.get("calibration") or {}
+            if synthesis and spec == "detector":  # the shipped pick first, as it scores these brains
+                options.insert(0, ("shipped", "config", shipped.get("grow_intensity_level", {}).get(contrast, "scan")))
+            for option, grid, lv in options:
+                level = picked.get(lv, "scan" if lv == "outside" else lv) if lv != "config" else picked[
+                    d.intensity_level(contrast)]
                 for item in everything:  # _pick and _found read item["bright"]
                     item["bright"] = item["bright_by_level"][level]
-                tail = d.seed_tail.get(contrast) if option == "config" else option
-                dg = copy.deepcopy(d)
-                if grid != "config":
-                    dg.grow_percentiles = list(grid)
-                pick = _pick(cal, dg, d.healthy_volumes, scored, tail)
+                if option == "shipped":
+                    h = shipped["hysteresis"][contrast]
+                    pick = {**h, "threshold": shipped["threshold"][contrast],
+                            "grow_threshold": shipped["grow_threshold"][contrast],
+                            "dice": shipped["synthetic_tumour"][contrast]["dice_at_calibrated"]}
+                    tail = h.get("seed_tail")
+                else:
+                    tail = d.seed_tail.get(contrast) if option == "config" else option
+                    dg = copy.deepcopy(d)
+                    if grid != "config":
+                        dg.grow_percentiles = list(grid)
+                    pick = _pick(cal, dg, d.healthy_volumes, scored, tail)
                 small_row = _apply(pick, small, 0, scored)
                 mask = _found(pick, real, scored)
-                row = {"model": spec, "sha256": pred.sha256[:12], "contrast": contrast,
+                row = {"model": spec, "sha256": pred.sha256[:12], "contrast": contrast, "synthesis": synthesis,
+                       "pick_source": "shipped calibration" if option == "shipped" else "calibrated here",
                        "smooth_mm": d.score_smooth_mm.get(contrast, 0.0),
                        "score_scale": d.score_scale.get(contrast, "none"), "calibration_healthy": d.healthy_volumes,
                        "seed_tail": tail, "grow_percentiles": None if grid == "config" else list(grid),
                        "grow_intensity_level": level,
                        "seed_threshold": round(pick["threshold"], 4),
-                       "seed_floor": None if tail is None else round(pick["seed_floor"], 4), "pick": pick_label(pick),
+                       "seed_floor": None if pick.get("seed_floor") is None else round(pick["seed_floor"], 4),
+                       "pick": pick_label(pick),
                        "calibration_dice": pick["dice"], "useful": pick.get("useful", True),
                        **_apply(pick, dev, n_healthy, scored),
                        "small_tumours": small_row["tumours"], "small_reached": small_row["tumours_reached"],
@@ -1177,6 +1225,9 @@ def main() -> None:
                     help="candidates: development brains with a large tumour (60-150 mL, seeds 744000+) per contrast")
     ap.add_argument("--test-large", type=int, default=0,
                     help="candidates: held-out test brains with a large tumour (60-150 mL, seeds 745000+)")
+    ap.add_argument("--synthesis", default=None,
+                    help="candidates: HealthyBrainGenerator settings (JSON) every brain is drawn with, e.g. "
+                         '\'{"texture_amplitude": [0.06, 0.12], "tissue_ratios": {"wm": [0.8, 0.9]}}\'')
     ap.add_argument("--cal-healthy", type=int, default=None,
                     help="score-smooth: healthy calibration brains (default: configs/detector.yaml's)")
     args = ap.parse_args()
@@ -1230,11 +1281,14 @@ def main() -> None:
         rows = candidates(console, args.models, args.contrasts, args.dev_healthy, args.dev_tumours, args.dev_small,
                           Path(args.cache) if args.cache else None, tails, tuple(args.test),
                           [g if g == "config" else tuple(float(p) for p in g.split(",")) for g in args.grow_grids],
-                          args.intensity_levels, args.dev_large, args.test_large)
+                          args.intensity_levels, args.dev_large, args.test_large,
+                          json.loads(args.synthesis) if args.synthesis else None)
         # one run per model may go on side by side: re-read the file and replace only this run's rows
         latest = json.loads(path.read_text()) if path.is_file() else {}
         ident = lambda r: (r["sha256"], r["contrast"], r.get("seed_tail"),
-                           json.dumps(r.get("grow_percentiles")), r.get("grow_intensity_level", "scan"))  # noqa: E731
+                           json.dumps(r.get("grow_percentiles")), r.get("grow_intensity_level", "scan"),
+                           json.dumps(r.get("synthesis"), sort_keys=True),
+                           r.get("pick_source", "calibrated here"))  # noqa: E731
         keys = {ident(r) for r in rows}
         payload["candidates"] = [r for r in latest.get("candidates", []) if ident(r) not in keys] + rows
         save_results("levers", payload)

@@ -275,6 +275,14 @@ class HealthyBrainGenerator:
         noise: Rician noise.
         noise_range: (low, high) of the noise standard deviation relative to the
             brain's 99th percentile.
+        texture_amplitude: (low, high) of the smooth within-tissue texture's relative
+            amplitude, drawn per tissue class (default: the class attribute).
+        tissue_ratios: per tissue class (``wm``, ``gm``, ``csf``), (low, high) of its
+            reference intensity relative to the contrast's brightest tissue, replacing
+            the contrast's preset for that class (not with ``contrast="random"``).
+            A narrower grey-white gap and a stronger texture spread the healthy
+            tissue's intensities as a real scan's are spread (``bench_detect.py
+            --sections tissue``).
     """
 
     #: control-point spacing of the elastic field, in mm
@@ -306,10 +314,25 @@ class HealthyBrainGenerator:
         blur: bool = True,
         noise: bool = True,
         noise_range: tuple[float, float] = (0.0, 0.05),
+        texture_amplitude: tuple[float, float] | None = None,
+        tissue_ratios: dict[str, tuple[float, float]] | None = None,
     ) -> None:
         contrast = str(contrast).lower()
         if contrast not in CONTRASTS:
             raise ValueError(f"contrast must be one of {CONTRASTS}, got {contrast!r}")
+        if texture_amplitude is not None:
+            t_lo, t_hi = (float(v) for v in texture_amplitude)
+            if not 0.0 <= t_lo <= t_hi < 1.0:
+                raise ValueError(f"texture_amplitude must satisfy 0 <= low <= high < 1, got {texture_amplitude}")
+            self.texture_amplitude = (t_lo, t_hi)
+        ratios = {str(k): tuple(float(v) for v in r) for k, r in (tissue_ratios or {}).items()}
+        if ratios and contrast == "random":
+            raise ValueError("tissue_ratios need a contrast with presets, not 'random'")
+        for k, r in ratios.items():
+            if k not in ("wm", "gm", "csf") or len(r) != 2 or not 0.0 < r[0] <= r[1] <= 1.5:
+                raise ValueError(f"tissue_ratios must map wm, gm or csf to (low, high) with 0 < low <= high <= 1.5, "
+                                 f"got {k}: {r}")
+        self.presets = {**_PRESETS.get(contrast, {}), **ratios}
         if not spacing > 0:
             raise ValueError(f"spacing must be positive, got {spacing}")
         lo, hi = (float(v) for v in noise_range)
@@ -399,7 +422,7 @@ class HealthyBrainGenerator:
                 means[int(c)] = float(rng.uniform(0.05, 1.0))
             params["class_means"] = {}
         else:
-            preset = _PRESETS[self.contrast]
+            preset = self.presets
             ref = {k: float(rng.uniform(*v)) for k, v in preset.items()}
             params["class_means"] = ref
             for c in codes:

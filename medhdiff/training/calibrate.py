@@ -104,7 +104,8 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
                                         "scan" if level == "outside" else level)
 
     for contrast in chosen:
-        gen = HealthyBrainGenerator(contrast=contrast, spacing=spacing, noise_range=cfg.data.noise_range)
+        gen = HealthyBrainGenerator(contrast=contrast, spacing=spacing, noise_range=cfg.data.noise_range,
+                                    **d.synthesis(contrast))
         label = predictor.class_label(contrast)
         polarity = "bright" if contrast in BRIGHT_LESION_CONTRASTS else "both"
         scale = d.score_scale.get(contrast, "none")
@@ -174,7 +175,8 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
                                 ("score_smooth_mm", lambda c: d.score_smooth_mm.get(c, 0.0), 0.0),
                                 ("seed_tail", lambda c: d.seed_tail.get(c), None),
                                 ("grow_percentiles", lambda c: list(d.grow_grid(c)), list(d.grow_percentiles)),
-                                ("grow_intensity_level", d.intensity_level, "scan")):
+                                ("grow_intensity_level", d.intensity_level, "scan"),
+                                ("calibration_synthesis", lambda c: _jsonable(d.synthesis(c)), {})):
         values = {c: value(c) for c in chosen}
         if any(v != default for v in values.values()) or key in stored:
             calibration[key] = values
@@ -206,7 +208,13 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
 #: Calibration entries that hold one value per contrast; the others are settings shared by all contrasts.
 PER_CONTRAST = ("threshold", "healthy_fp_ml_at_percentile", "grow_threshold", "grow_intensity_percentile",
                 "seed_min_volume_ml", "seed_min_volumes_ml", "hysteresis", "synthetic_tumour", "score_scale",
-                "score_smooth_mm", "healthy_volumes", "seed_tail", "grow_percentiles", "grow_intensity_level")
+                "score_smooth_mm", "healthy_volumes", "seed_tail", "grow_percentiles", "grow_intensity_level",
+                "calibration_synthesis")
+
+
+def _jsonable(synthesis: dict) -> dict:
+    """A contrast's calibration synthesis as the JSON record keeps it (lists, not tuples)."""
+    return {k: ({c: list(r) for c, r in v.items()} if isinstance(v, dict) else list(v)) for k, v in synthesis.items()}
 
 
 def _shared_settings(d: DetectConfig) -> dict:

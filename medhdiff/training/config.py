@@ -258,6 +258,7 @@ class DetectConfig:
     score_smooth_mm: dict[str, float] = field(default_factory=dict)
     seed_tail: dict[str, float] = field(default_factory=dict)
     grow_intensity_level: dict[str, str] = field(default_factory=dict)
+    calibration_synthesis: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.strengths = tuple(float(v) for v in self.strengths)
@@ -340,6 +341,9 @@ class DetectConfig:
             raise InputError(f"detect.grow_intensity_level values must be one of {', '.join(INTENSITY_LEVELS)}")
         if self.grow_intensity_level and not self.grow_intensity_percentiles:
             raise InputError("detect.grow_intensity_level needs grow_intensity_percentiles")
+        self.calibration_synthesis = _contrast_map("calibration_synthesis", self.calibration_synthesis, _synthesis,
+                                                   "generator settings", "{flair: {texture_amplitude: [0.06, 0.12], "
+                                                   "tissue_ratios: {wm: [0.8, 0.9]}}}")
 
     def healthy_count(self, contrast: str) -> int:
         """How many healthy calibration brains ``contrast`` draws."""
@@ -359,10 +363,33 @@ class DetectConfig:
         """What ``contrast``'s intensity grow percentiles are percentiles of: ``"scan"``, ``"robust"`` or ``"outside"``."""
         return self.grow_intensity_level.get(contrast, "scan")
 
+    def synthesis(self, contrast: str) -> dict:
+        """The ``HealthyBrainGenerator`` settings that ``contrast``'s calibration brains are drawn with
+        (``calibration_synthesis``; empty: the generator's defaults, as training draws them)."""
+        return dict(self.calibration_synthesis.get(contrast, {}))
+
     def for_contrast(self, contrast: str) -> "DetectConfig":
         """These settings with ``seed_min_volumes_ml`` and ``grow_percentiles`` narrowed to ``contrast``'s lists."""
         return dataclasses.replace(self, seed_min_volumes_ml=self.seed_volumes(contrast),
                                    grow_percentiles=self.grow_grid(contrast), grow_percentiles_by_contrast={})
+
+
+def _synthesis(value: Any) -> dict:
+    """One contrast's ``detect.calibration_synthesis``: ``texture_amplitude`` ([low, high]) and ``tissue_ratios``
+    ({wm|gm|csf: [low, high]}), checked by building a generator with them."""
+    from medhdiff.synth import HealthyBrainGenerator
+
+    if not isinstance(value, Mapping) or set(value) - {"texture_amplitude", "tissue_ratios"}:
+        raise ValueError(value)
+    out = {}
+    if "texture_amplitude" in value:
+        out["texture_amplitude"] = tuple(float(v) for v in value["texture_amplitude"])
+    if "tissue_ratios" in value:
+        if not isinstance(value["tissue_ratios"], Mapping):
+            raise ValueError(value)
+        out["tissue_ratios"] = {str(k): tuple(float(v) for v in r) for k, r in value["tissue_ratios"].items()}
+    HealthyBrainGenerator(contrast="flair", **out)  # the generator's own checks (a ValueError names the problem)
+    return out
 
 
 def _seed_volumes(values: Any) -> tuple[float, ...]:
