@@ -1,7 +1,7 @@
 """Detection, healthy false positives and reconstruction, on real and synthetic scans.
 
     python benchmarks/bench_detect.py [--sections tumour healthy reconstruct inpaint] [--coarse same|matched]
-    python benchmarks/bench_detect.py --sections tissue [--tail-n 16]
+    python benchmarks/bench_detect.py --sections tissue [--tail-n 16] [--tissue-synthesis CONTRAST=JSON ...]
 
 `detect` runs on the bundled detection model (or `--detect-weights`), `reconstruct` and inpainting on the
 default model (or `--weights`), as the commands do.
@@ -196,6 +196,9 @@ def main() -> None:
     ap.add_argument("--size-contrasts", nargs="+", default=["t2"], choices=["t2", "flair"],
                     help="size section: contrasts")
     ap.add_argument("--size-n", type=int, default=4, help="size section: tumours per size range")
+    ap.add_argument("--tissue-synthesis", nargs="*", default=[], metavar="CONTRAST=JSON",
+                    help="tissue: further HealthyBrainGenerator settings to draw that contrast's calibration brains "
+                         "with, e.g. 'flair={\"texture_amplitude\": [0.06, 0.12], \"tissue_ratios\": {\"wm\": [0.8, 0.9]}}'")
     ap.add_argument("--tail-n", type=int, default=16,
                     help="tail section: healthy FLAIR brains (and half as many tumours of each size range)")
     ap.add_argument("--tag", default="", help="suffix of the results file (detect<tag>.json)")
@@ -411,12 +414,18 @@ def main() -> None:
                          "share_above_normal_p95": round(float((values > centre + z95 * sd).mean()), 4)})
             log(str(rows[-1]))
 
+        extra = {}  # contrast -> further generator settings to draw the calibration brains with as well
+        for spec in args.tissue_synthesis:
+            contrast, _, settings = spec.partition("=")
+            extra.setdefault(contrast, []).append(json.loads(settings))
         for contrast in ("t2", "flair"):
-            gen = HealthyBrainGenerator(contrast=contrast, spacing=1.0, noise_range=noise)
-            for i in range(args.tail_n):
-                res = gen.generate(labels, lab_affine, seed=900_000 + i)
-                spread(f"calibration brain {900_000 + i}", contrast, Volume(res.image, res.affine),
-                       res.brain_mask > 0)
+            for synthesis in (None, *extra.get(contrast, [])):
+                gen = HealthyBrainGenerator(contrast=contrast, spacing=1.0, noise_range=noise, **(synthesis or {}))
+                how = "" if synthesis is None else f", drawn with {json.dumps(synthesis)}"
+                for i in range(args.tail_n):
+                    res = gen.generate(labels, lab_affine, seed=900_000 + i)
+                    spread(f"calibration brain {900_000 + i}{how}", contrast, Volume(res.image, res.affine),
+                           res.brain_mask > 0)
             vol = load_volume(TUMOUR / CASE / CASES[CASE][contrast])
 
             def tumour_zone(prep):

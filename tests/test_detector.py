@@ -13,6 +13,7 @@ import yaml
 from medhdiff.diffusion.bundle import load_bundle
 from medhdiff.errors import InputError
 from medhdiff.tasks import Predictor, default_weights
+from medhdiff.synth import HealthyBrainGenerator
 from medhdiff.training import DetectConfig, load_config
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -102,6 +103,9 @@ def test_the_shipped_detector_calibration_follows_its_recipe():
         assert pick.get("grow_intensity_percentile") in {None, *d.grow_intensity_percentiles}
         assert cal.get("grow_intensity_percentile", {}).get(contrast) == pick.get("grow_intensity_percentile")
         assert cal.get("grow_intensity_level", {}).get(contrast, "scan") == d.intensity_level(contrast)
+        synthesis = d.synthesis(contrast)  # the brains it was calibrated on were drawn as the recipe says
+        recorded = cal.get("calibration_synthesis", {}).get(contrast, {})
+        assert recorded == json.loads(json.dumps(synthesis))
         assert pick["seed_percentile"] in {d.percentile, *d.seed_percentiles}
         # the grow grid: the contrast's own (detect.grow_percentiles_by_contrast), recorded where it differs
         grid = d.grow_grid(contrast)
@@ -688,6 +692,13 @@ def test_grow_intensity_level_is_per_contrast_and_needs_intensity_percentiles():
     assert d.for_contrast("flair").intensity_level("flair") == "robust"
     assert DetectConfig(percentile=99.9, grow_percentiles=(99.0,), grow_intensity_percentiles=(98.0,),
                         grow_intensity_level={"flair": "outside"}).intensity_level("flair") == "outside"
+    d = DetectConfig(calibration_synthesis={"flair": {"texture_amplitude": [0.06, 0.12],
+                                                      "tissue_ratios": {"wm": [0.8, 0.9]}}})
+    assert d.synthesis("flair") == {"texture_amplitude": (0.06, 0.12), "tissue_ratios": {"wm": (0.8, 0.9)}}
+    assert d.synthesis("t2") == {} and d.for_contrast("flair").synthesis("flair") == d.synthesis("flair")
+    for bad in ({"flair": {"texture": [0.1, 0.2]}}, {"flair": {"tissue_ratios": {"wm": [0.9, 0.8]}}}, ["flair"]):
+        with pytest.raises(InputError, match="calibration_synthesis"):
+            DetectConfig(calibration_synthesis=bad)
     with pytest.raises(InputError, match="scan, robust, outside"):
         DetectConfig(percentile=99.9, grow_percentiles=(99.0,), grow_intensity_percentiles=(98.0,),
                      grow_intensity_level={"flair": "mad"})
@@ -1060,8 +1071,22 @@ def test_calibration_scores_and_records_a_contrasts_own_grow_grid(model_dir, tmp
                             percentile=99.9, seed_percentiles=(99.5,), grow_percentiles=(99.0, 95.0),
                             grow_percentiles_by_contrast={"t2": (99.8, 99.0, 95.0)}, min_useful_dice=0.0,
                             grow_intensity_percentiles=(98.0,),
-                            grow_intensity_level={"t2": "outside", "flair": "robust"})
-    cal = calibrate_detection(model, cfg, detect=settings)
+                            grow_intensity_level={"t2": "outside", "flair": "robust"},
+                            calibration_synthesis={"flair": {"texture_amplitude": [0.02, 0.03]}})
+    drawn = []
+    real_init = HealthyBrainGenerator.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        drawn.append((self.contrast, self.texture_amplitude))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(HealthyBrainGenerator, "__init__", spy)
+        cal = calibrate_detection(model, cfg, detect=settings)
+    # each contrast's brains are drawn as its calibration_synthesis says, and the record keeps it
+    assert ("flair", (0.02, 0.03)) in drawn and ("t2", HealthyBrainGenerator.texture_amplitude) in drawn
+    assert ("flair", HealthyBrainGenerator.texture_amplitude) not in drawn
+    assert cal["calibration_synthesis"] == {"t2": {}, "flair": {"texture_amplitude": [0.02, 0.03]}}
     assert cal["grow_percentiles"] == {"t2": [99.8, 99.0, 95.0], "flair": [99.0, 95.0]}
     grows = {c: {float(k.split("/")[1]) for k in cal["synthetic_tumour"][c]["dice_and_healthy_fp_ml_by_seed_grow_percentile"]}
              for c in ("t2", "flair")}

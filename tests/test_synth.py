@@ -260,6 +260,30 @@ def test_deformation_changes_labels_mildly(builtin):
     assert not (m[:4].any() or m[-4:].any() or m[:, :4].any() or m[:, -4:].any() or m[..., :4].any() or m[..., -4:].any())
 
 
+def test_tissue_ratios_and_texture_spread_the_tissue_as_asked(builtin):
+    """``tissue_ratios`` replaces a class's preset range (here white matter nearer grey), ``texture_amplitude``
+    the texture's: the same seed, its interior white matter spread wider."""
+    labels, affine = builtin
+    plain = HealthyBrainGenerator("flair", deform=False, bias=False, blur=False, noise=False)
+    wide = HealthyBrainGenerator("flair", deform=False, bias=False, blur=False, noise=False,
+                                 texture_amplitude=(0.10, 0.10), tissue_ratios={"wm": (0.9, 0.9)})
+    a, b = plain.generate(labels, affine, seed=3), wide.generate(labels, affine, seed=3)
+    assert 0.68 <= a.params["class_means"]["wm"] <= 0.84 and b.params["class_means"]["wm"] == 0.9
+    assert b.params["texture"]["amplitude"]["wm"] == 0.10 and a.params["texture"]["amplitude"]["wm"] <= 0.05
+    wm = ndi.binary_erosion(a.labels == L.CEREBRAL_WM, iterations=2)
+    spread = lambda r: r.image[wm].std() / r.image[wm].mean()  # noqa: E731
+    assert spread(b) > 1.5 * spread(a)
+    m = _class_means(b)
+    assert m["gm"] >= m["wm"] > m["csf"]  # the order of the contrast still holds
+    assert HealthyBrainGenerator("flair").presets == HealthyBrainGenerator("flair", tissue_ratios={}).presets
+    for bad in ({"texture_amplitude": (0.2, 0.1)}, {"texture_amplitude": (0.1, 1.0)},
+                {"tissue_ratios": {"myelin": (0.8, 0.9)}}, {"tissue_ratios": {"wm": (0.9, 0.8)}}):
+        with pytest.raises(ValueError):
+            HealthyBrainGenerator("flair", **bad)
+    with pytest.raises(ValueError, match="random"):
+        HealthyBrainGenerator("random", tissue_ratios={"wm": (0.8, 0.9)})
+
+
 def test_invalid_arguments(builtin):
     labels, affine = builtin
     with pytest.raises(ValueError):
