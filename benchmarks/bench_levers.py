@@ -191,6 +191,11 @@
   `detect.calibration_synthesis` for FLAIR in configs/detector.yaml and a FLAIR recalibration (`medhdiff
   calibrate --contrast flair`), after bench_detect's held-out checks (healthy brains, the real case, sizes).
   Reported, not criteria: BraTS-example's and AURORA-example's found volumes.
+  Result: neither ships. Both recalibrated picks lose one development tumour (58 mL, whose largest component
+  above the higher seed threshold, 0.180 against 0.163, is 0.72 mL, under the 1 mL seed volume), so they reach
+  22 of 26 development tumours against the shipped pick's 23; 'scan' also gains only 0.037 on the 60-150 mL
+  tumours. 'robust' passes every other condition (60-150 mL Dice 0.637 -> 0.837 and 0.603 -> 0.840, no healthy
+  brain marked where the shipped pick marks 1 of 16 and 1 of 32, TCGA-DU-7294 0.803).
 * outside: FLAIR's intensity grow level taken outside the findings (`detect.grow_intensity_level: outside`),
   stop 29. Under 'scan' a large tumour fills the scan's own upper tail and lifts p98 into itself (45 % of
   60-150 mL synthetic tumours found; 26.8 mL of BraTS-example's ~123 mL hyperintensity); 'robust' (a normal
@@ -824,7 +829,7 @@ def _large_brains(contrast: str, tag: str, start: int, n: int, synthesis: dict |
 def candidates(console: Console, models: list[str], contrasts, n_healthy: int, n_tumours: int, n_small: int,
                cache: Path | None, seed_tails=("config",), test: tuple[int, int, int] = (0, 0, 0),
                grow_grids=("config",), intensity_levels=("config",), n_large: int = 0,
-               test_large: int = 0, synthesis: dict | None = None) -> list[dict]:
+               test_large: int = 0, synthesis: dict | None = None, shipped_row: bool = False) -> list[dict]:
     """Detection models compared as each would ship: per model and contrast, the pick ``medhdiff calibrate``
     would make with configs/detector.yaml's settings (its healthy count per contrast, score scale and
     smoothing) on that model's own reconstructions of the calibration brains, applied to the development
@@ -835,8 +840,9 @@ def candidates(console: Console, models: list[str], contrasts, n_healthy: int, n
     and per ``intensity_levels`` option: ``"config"`` (the contrast's ``DetectConfig.intensity_level``), ``"scan"``
     or ``"robust"``. ``n_large`` development and ``test_large`` test brains carry a large tumour (60-150 mL;
     :func:`_large_brains`). With ``synthesis`` (``HealthyBrainGenerator`` settings), every brain, calibration
-    ones included, is drawn with it (cached apart, under ``syn-<its hash>/``), and for the shipped detection
-    model a row gives its shipped calibration's pick applied to those brains."""
+    ones included, is drawn with it (cached apart, under ``syn-<its hash>/``). With ``synthesis`` or
+    ``shipped_row``, for the shipped detection model a first row gives its shipped calibration's pick applied
+    to the brains."""
     import copy
 
     from bench_detect import score_peaks, synthetic_tumours
@@ -864,7 +870,9 @@ def candidates(console: Console, models: list[str], contrasts, n_healthy: int, n
             # 'outside' is picked at the 'scan' level, as medhdiff calibrate picks it (the outside section measures it)
             picked = {lv: "scan" if lv == "outside" else lv
                       for lv in (d.intensity_level(contrast) if v == "config" else v for v in intensity_levels)}
-            levels = sorted(set(picked.values()))
+            shipped = pred.bundle.meta.get("calibration") or {}
+            shipped_level = shipped.get("grow_intensity_level", {}).get(contrast, "scan")
+            levels = sorted({*picked.values(), "scan" if shipped_level == "outside" else shipped_level})
             cal, dev = _brain_sets(console, pred, cfg, contrast, n_healthy, n_tumours, where, scored, levels, synthesis)
             small = _reconstructed(console, pred, d, contrast, (
                 ("devs", s, vol.data, vol.affine, brain, lesion)
@@ -883,9 +891,8 @@ def candidates(console: Console, models: list[str], contrasts, n_healthy: int, n
                                         where, scored, levels)
             everything = [*cal, *dev, *small, *large, real, *held_out, *held_large]
             options = [(o, g, v) for o in seed_tails for g in grow_grids for v in intensity_levels]
-            shipped = pred.bundle.meta.get("calibration") or {}
-            if synthesis and spec == "detector":  # the shipped pick first, as it scores these brains
-                options.insert(0, ("shipped", "config", shipped.get("grow_intensity_level", {}).get(contrast, "scan")))
+            if (synthesis or shipped_row) and spec == "detector":  # the shipped pick first, on these brains
+                options.insert(0, ("shipped", "config", shipped_level))
             for option, grid, lv in options:
                 level = picked.get(lv, "scan" if lv == "outside" else lv) if lv != "config" else picked[
                     d.intensity_level(contrast)]
@@ -1228,6 +1235,8 @@ def main() -> None:
     ap.add_argument("--synthesis", default=None,
                     help="candidates: HealthyBrainGenerator settings (JSON) every brain is drawn with, e.g. "
                          '\'{"texture_amplitude": [0.06, 0.12], "tissue_ratios": {"wm": [0.8, 0.9]}}\'')
+    ap.add_argument("--shipped-row", action="store_true",
+                    help="candidates: also the shipped detection model's calibrated pick, applied as it ships")
     ap.add_argument("--cal-healthy", type=int, default=None,
                     help="score-smooth: healthy calibration brains (default: configs/detector.yaml's)")
     args = ap.parse_args()
@@ -1282,7 +1291,7 @@ def main() -> None:
                           Path(args.cache) if args.cache else None, tails, tuple(args.test),
                           [g if g == "config" else tuple(float(p) for p in g.split(",")) for g in args.grow_grids],
                           args.intensity_levels, args.dev_large, args.test_large,
-                          json.loads(args.synthesis) if args.synthesis else None)
+                          json.loads(args.synthesis) if args.synthesis else None, args.shipped_row)
         # one run per model may go on side by side: re-read the file and replace only this run's rows
         latest = json.loads(path.read_text()) if path.is_file() else {}
         ident = lambda r: (r["sha256"], r["contrast"], r.get("seed_tail"),

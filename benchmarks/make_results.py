@@ -69,6 +69,15 @@ def _development(r: dict) -> str:
             f"{r['pooled_dice']:.3f}")
 
 
+def _candidate(r: dict) -> str:
+    """A candidates row's model, and where its brains were drawn another way (``--synthesis``), how and whose
+    pick it is (the shipped calibration's, or one made on those brains)."""
+    out = f"{r['model']} ({r['sha256']})"
+    if r.get("synthesis"):
+        out += f"; brains drawn with {json.dumps(r['synthesis'])}; {r.get('pick_source', 'calibrated here')}"
+    return out
+
+
 def _tail(r: dict) -> str:
     """A candidates row's seed floor: ``detect.seed_tail`` and the floor it set (rows before it existed: none)."""
     return "none" if r.get("seed_tail") is None else f"{r['seed_tail']:g} ({r['seed_floor']:.2f})"
@@ -237,7 +246,7 @@ def levers_section(lv: dict) -> list[str]:
                       ["model", "contrast", "seed tail (floor)", "grow grid", "intensity level", *DEVELOPMENT_HEADER,
                        "small tumours reached", "small pooled Dice", "small peaks",
                        "60-150 mL: reached, found / reference mL, pooled Dice", "TCGA-DU-7294 Dice (found mL)"],
-                      [f"| {r['model']} ({r['sha256']}) | {r['contrast']} | {_tail(r)} | {_grid(r)} | "
+                      [f"| {_candidate(r)} | {r['contrast']} | {_tail(r)} | {_grid(r)} | "
                        f"{r.get('grow_intensity_level', 'scan')} | {_development(r)} | "
                        f"{r['small_reached']} of {r['small_tumours']} | {r['small_pooled_dice']:.3f} | "
                        f"{_peaks(sorted(r['small_peaks']))} | {_large(r.get('large'))} | "
@@ -252,7 +261,7 @@ def levers_section(lv: dict) -> list[str]:
                            "worst healthy mL", "worst margins", "tumours 5-60 mL reached", "found / reference mL",
                            "pooled Dice", "tumours 1-8 mL reached", "small pooled Dice",
                            "60-150 mL (745000+): reached, found / reference mL, pooled Dice"],
-                          [f"| {r['model']} ({r['sha256']}) | {r['contrast']} | {_tail(r)} | {_grid(r)} | "
+                          [f"| {_candidate(r)} | {r['contrast']} | {_tail(r)} | {_grid(r)} | "
                            f"{r.get('grow_intensity_level', 'scan')} | {r['pick']} | "
                            f"{t['healthy_with_finding']} of {t['healthy']} | {t['worst_healthy_ml']:.2f} | "
                            f"{', '.join(f'{m:.2f}' for m in t['healthy_margins_top3'])} | "
