@@ -418,9 +418,11 @@ class Predictor:
         lower it again, round after round. A large bright lesion
         fills the scan's own upper tail and lifts the scan level into itself; once its found part is left out,
         the level falls back towards the healthy tissue's own tail, heavy or not. A scan without findings
-        keeps the scan level exactly, so this never seeds a finding, and each level is an empirical
-        percentile of the scan, never below that of its healthy-looking tissue. ``opening_mm`` opens each
-        grow region as ``detect`` does (``open_region`` on a grid of ``spacing`` mm)."""
+        keeps the scan level exactly, so this never seeds a finding. Measured, it runs away where bright
+        healthy tissue connects to a finding (each level lets some in, leaving it out lowers the next): on
+        TCGA-DU-7294's FLAIR 18 mL became 368 mL in 8 levels (``bench_levers.py --sections outside``), so no
+        shipped calibration uses it. ``opening_mm`` opens each grow region as ``detect`` does (``open_region``
+        on a grid of ``spacing`` mm)."""
         smooth, inner = filtered
         grow_region = np.asarray(grow_region, dtype=bool)
 

@@ -229,9 +229,14 @@ class DetectConfig:
     upper tail with its own voxels, so the empirical level rises with its size and
     cuts the lesion's edges away; the median and MAD move little until half the
     brain is lesion, but a normal fit misses a heavy healthy tail; the level outside
-    the findings is the healthy tissue's own. ``medhdiff calibrate`` picks
-    ``"outside"``'s percentiles at the ``"scan"`` level, which it equals on every
-    scan without a finding. Without ``grow_percentiles``, and with
+    the findings is the healthy tissue's own, but it runs away where bright healthy
+    tissue connects to a finding (measured; neither is shipped). ``medhdiff
+    calibrate`` picks ``"outside"``'s percentiles at the ``"scan"`` level, which it
+    equals on every scan without a finding. ``calibration_synthesis`` (per contrast:
+    ``texture_amplitude`` and ``tissue_ratios``, ``HealthyBrainGenerator`` settings)
+    draws that contrast's calibration brains otherwise than training draws its
+    brains, e.g. with a real scan's tissue spread (``bench_detect.py --sections
+    tissue``); the record keeps it. Without ``grow_percentiles``, and with
     ``lesion_volumes > 0``, the single threshold is raised, where that helps,
     to the threshold of best Dice on those tumours.
     """
