@@ -858,9 +858,13 @@ def candidates(console: Console, models: list[str], contrasts, n_healthy: int, n
     for spec in models:
         pred = Predictor(None if spec == "detector" else spec, device="cpu", model="detector")
         where = None if cache is None else cache / pred.sha256[:12]  # one model's residuals never mix with another's
-        if where is not None and synthesis:  # nor brains drawn one way with brains drawn another
-            where = where / f"syn-{hashlib.sha256(json.dumps(synthesis, sort_keys=True).encode()).hexdigest()[:8]}"
+        model_cache = where
         for contrast in contrasts:
+            where = model_cache  # nor brains drawn one way with brains drawn another:
+            drawn = synthesis and json.dumps(synthesis, sort_keys=True)  # every brain so (--synthesis), or
+            if where is not None and (drawn or base.detect.synthesis(contrast)):  # the calibration ones (config)
+                how = drawn or "calibration " + json.dumps(base.detect.synthesis(contrast), sort_keys=True)
+                where = where / f"{'syn' if drawn else 'calsyn'}-{hashlib.sha256(how.encode()).hexdigest()[:8]}"
             cfg = copy.deepcopy(base)
             cfg.detect.healthy_volumes = cfg.detect.healthy_count(contrast)
             if synthesis:
@@ -1163,11 +1167,14 @@ def outside(console: Console, cache: Path, n_healthy: int, n_tumours: int, n_sma
             for r in rows.get(tag, []):
                 if r[k] is not None:
                     tally.add(r[k], r[2], VOXEL_ML)
-            out[key] = {"n": len(rows.get(tag, [])), "reached": tally.reached, "found_ml": round(tally.found_ml, 1),
+            out[key] = {"n": sum(r[k] is not None for r in rows.get(tag, [])), "reached": tally.reached,
+                        "found_ml": round(tally.found_ml, 1),
                         "reference_ml": round(tally.reference_ml, 1), "pooled_dice": round(tally.pooled_dice, 3)}
         out["max_levels"] = max((r[3] for tag in (h, t, sm, lg) for r in rows.get(tag, [])), default=0)
         return out
 
+    if "real" not in results["scan"]:
+        sys.exit(f"error: {where}/flair_real_0.npz is missing: run the candidates section for FLAIR first")
     out = []
     for k, what in ((0, "flair"), (1, "t2+flair consensus")):
         for lv in levels:

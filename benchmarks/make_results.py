@@ -301,7 +301,8 @@ def levers_section(lv: dict) -> list[str]:
                        "most levels taken", "TCGA-DU-7294 Dice (found mL, levels)"],
                       [f"| {r['input']} | {r['flair_intensity_level']} | {cells(r['development'])} | "
                        f"{cells(r['test'])} | {max(r['development']['max_levels'], r['test']['max_levels'])} | "
-                       f"{r['real_dice']:.3f} ({r['real_found_ml']:.1f}, {r['real_levels']}) |" for r in lv["outside"]])
+                       f"{_fmt(r['real_dice'], 3)} ({_fmt(r['real_found_ml'], 1)}, {r['real_levels']}) |"
+                       for r in lv["outside"]])
     if lv.get("heal_adapt"):
         out += _table("Detection: the patch network adapted to each scan (heal-adapt; shipped calibration)",
                       ["input", "model", "found mL", "Dice @auto", "score p99 / p99.9 in the brain", "AUROC",

@@ -3,6 +3,7 @@ on held-out synthetic healthy and tumour volumes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -696,14 +697,24 @@ def test_grow_intensity_level_is_per_contrast_and_needs_intensity_percentiles():
                                                       "tissue_ratios": {"wm": [0.8, 0.9]}}})
     assert d.synthesis("flair") == {"texture_amplitude": (0.06, 0.12), "tissue_ratios": {"wm": (0.8, 0.9)}}
     assert d.synthesis("t2") == {} and d.for_contrast("flair").synthesis("flair") == d.synthesis("flair")
-    for bad in ({"flair": {"texture": [0.1, 0.2]}}, {"flair": {"tissue_ratios": {"wm": [0.9, 0.8]}}}, ["flair"]):
-        with pytest.raises(InputError, match="calibration_synthesis"):
+    for bad, why in (({"flair": {"texture": [0.1, 0.2]}}, "only texture_amplitude"),
+                     ({"flair": {"tissue_ratios": {"wm": [0.9, 0.8]}}}, "low <= high"), (["flair"], "")):
+        with pytest.raises(InputError, match=f"calibration_synthesis.*{why}"):
             DetectConfig(calibration_synthesis=bad)
     with pytest.raises(InputError, match="scan, robust, outside"):
         DetectConfig(percentile=99.9, grow_percentiles=(99.0,), grow_intensity_percentiles=(98.0,),
                      grow_intensity_level={"flair": "mad"})
     with pytest.raises(InputError, match="needs grow_intensity_percentiles"):
         DetectConfig(percentile=99.9, grow_percentiles=(99.0,), grow_intensity_level={"flair": "robust"})
+
+
+@pytest.mark.parametrize("key, value", [("calibration_synthesis", "{flari: {texture_amplitude: [0.06, 0.12]}}"),
+                                        ("grow_intensity_level", "{flari: robust}")])
+def test_a_per_contrast_setting_must_name_a_configured_contrast(key, value):
+    """A typo in a contrast name would otherwise leave the setting silently unused."""
+    with pytest.raises(InputError, match=f"detect.{key} names contrasts .'flari'."):
+        load_config(TINY, [f"detect.{key}={value}", "detect.grow_percentiles=[99.0]",
+                           "detect.grow_intensity_percentiles=[98.0]"])
 
 
 def test_detect_applies_the_calibrated_intensity_level(model_dir, tmp_path):
@@ -1071,7 +1082,7 @@ def test_calibration_scores_and_records_a_contrasts_own_grow_grid(model_dir, tmp
                             percentile=99.9, seed_percentiles=(99.5,), grow_percentiles=(99.0, 95.0),
                             grow_percentiles_by_contrast={"t2": (99.8, 99.0, 95.0)}, min_useful_dice=0.0,
                             grow_intensity_percentiles=(98.0,),
-                            grow_intensity_level={"t2": "outside", "flair": "robust"},
+                            grow_intensity_level={"flair": "robust"},
                             calibration_synthesis={"flair": {"texture_amplitude": [0.02, 0.03]}})
     drawn = []
     real_init = HealthyBrainGenerator.__init__
@@ -1091,5 +1102,7 @@ def test_calibration_scores_and_records_a_contrasts_own_grow_grid(model_dir, tmp
     grows = {c: {float(k.split("/")[1]) for k in cal["synthetic_tumour"][c]["dice_and_healthy_fp_ml_by_seed_grow_percentile"]}
              for c in ("t2", "flair")}
     assert grows == {"t2": {99.8, 99.0, 95.0}, "flair": {99.0, 95.0}}
-    assert cal["grow_intensity_level"] == {"t2": "outside", "flair": "robust"}
+    assert cal["grow_intensity_level"] == {"t2": "scan", "flair": "robust"}
+    with pytest.raises(InputError, match="'outside' .*cannot be calibrated"):  # refused before any scoring
+        calibrate_detection(model, cfg, detect=dataclasses.replace(settings, grow_intensity_level={"t2": "outside"}))
     assert cal["hysteresis"]["t2"]["grow_percentile"] in grows["t2"]

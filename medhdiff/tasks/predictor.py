@@ -413,7 +413,8 @@ class Predictor:
         least ``min_volume_ml``) through ``grow_region`` (the score's own grow region) joined with the filtered
         intensity (``filtered``: ``filtered_region``'s result) above its ``percentile`` in the scored region,
         the ``"scan"`` level. Then the percentile is taken again over the scored region less those findings
-        and ``OUTSIDE_MARGIN_MM`` around them, and the findings regrown, until they stop changing (at most
+        and a margin around them (``OUTSIDE_MARGIN_MM`` over the finest voxel size, in face-connected
+        dilations: 2 mm along the axes on a 1 mm grid, less on the diagonals), and the findings regrown, until they stop changing (at most
         ``rounds`` levels). Without the margin, the bright rim each round adds would leave the level and
         lower it again, round after round. A large bright lesion
         fills the scan's own upper tail and lifts the scan level into itself; once its found part is left out,

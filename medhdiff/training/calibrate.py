@@ -80,6 +80,11 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
     if unknown or not chosen:
         raise InputError(f"--contrast must name contrasts of data.contrasts {list(cfg.data.contrasts)}, "
                          f"got {chosen}")
+    outside = [c for c in chosen if d.intensity_level(c) == "outside"]
+    if outside:  # its findings' level would have to be taken for every candidate pick on every brain
+        raise InputError(f"detect.grow_intensity_level 'outside' ({', '.join(outside)}) cannot be calibrated: "
+                         "it was measured at a fixed pick (bench_levers.py --sections outside) and runs away on "
+                         "real FLAIR; use scan or robust")
     stored = dict(predictor.bundle.meta.get("calibration") or {})
     subset = set(chosen) != set(cfg.data.contrasts) and bool(stored)
     if subset:  # before any scoring: a merge that cannot be made should not cost the whole run
@@ -94,14 +99,11 @@ def calibrate_detection(model_dir: str | Path, cfg: TrainConfig, device: torch.d
             progress(contrast, done, total)
 
     def bright(prep, contrast: str) -> dict:
-        """The scan's intensity grow regions, one per candidate percentile (only tried against tumours). The
-        ``"outside"`` level is picked at the ``"scan"`` level: the two agree on every scan without a finding,
-        and taking it outside each candidate's own findings would cost every candidate several labellings."""
+        """The scan's intensity grow regions, one per candidate percentile (only tried against tumours)."""
         if not (d.lesion_volumes and d.grow_percentiles):
             return {}
-        level = d.intensity_level(contrast)
         return Predictor.bright_regions(prep.image, prep.mask, d.grow_intensity_percentiles,
-                                        "scan" if level == "outside" else level)
+                                        d.intensity_level(contrast))
 
     for contrast in chosen:
         gen = HealthyBrainGenerator(contrast=contrast, spacing=spacing, noise_range=cfg.data.noise_range,

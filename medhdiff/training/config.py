@@ -231,8 +231,9 @@ class DetectConfig:
     brain is lesion, but a normal fit misses a heavy healthy tail; the level outside
     the findings is the healthy tissue's own, but it runs away where bright healthy
     tissue connects to a finding (measured; neither is shipped). ``medhdiff
-    calibrate`` picks ``"outside"``'s percentiles at the ``"scan"`` level, which it
-    equals on every scan without a finding. ``calibration_synthesis`` (per contrast:
+    calibrate`` refuses ``"outside"``: it was measured at a fixed pick, and taking
+    it for every candidate pick would cost several labellings each.
+    ``calibration_synthesis`` (per contrast:
     ``texture_amplitude`` and ``tissue_ratios``, ``HealthyBrainGenerator`` settings)
     draws that contrast's calibration brains otherwise than training draws its
     brains, e.g. with a real scan's tissue spread (``bench_detect.py --sections
@@ -385,13 +386,13 @@ def _synthesis(value: Any) -> dict:
     from medhdiff.synth import HealthyBrainGenerator
 
     if not isinstance(value, Mapping) or set(value) - {"texture_amplitude", "tissue_ratios"}:
-        raise ValueError(value)
+        raise ValueError("only texture_amplitude and tissue_ratios may be set")
     out = {}
     if "texture_amplitude" in value:
         out["texture_amplitude"] = tuple(float(v) for v in value["texture_amplitude"])
     if "tissue_ratios" in value:
         if not isinstance(value["tissue_ratios"], Mapping):
-            raise ValueError(value)
+            raise ValueError("tissue_ratios must map wm, gm or csf to [low, high]")
         out["tissue_ratios"] = {str(k): tuple(float(v) for v in r) for k, r in value["tissue_ratios"].items()}
     HealthyBrainGenerator(contrast="flair", **out)  # the generator's own checks (a ValueError names the problem)
     return out
@@ -413,8 +414,9 @@ def _contrast_map(name: str, value: Any, cast: Callable[[Any], Any], what: str, 
         raise InputError(f"detect.{name} must map contrasts to {what}, e.g. {example}")
     try:
         return {str(k): cast(v) for k, v in value.items()}
-    except (TypeError, ValueError):
-        raise InputError(f"detect.{name} values must be {what}, e.g. {example}") from None
+    except (TypeError, ValueError) as exc:
+        why = f" ({exc})" if isinstance(exc, ValueError) and str(exc) else ""  # the value's own complaint
+        raise InputError(f"detect.{name} values must be {what}, e.g. {example}{why}") from None
 
 
 def score_scale_statistic(how: str) -> float | str | None:
@@ -469,7 +471,8 @@ class TrainConfig:
         unknown = set(data.contrasts) - set(model.contrasts)
         if unknown:
             raise InputError(f"{where}: data.contrasts {sorted(unknown)} are not in model.contrasts")
-        for name in ("score_scale", "score_smooth_mm", "seed_min_volumes_ml", "healthy_volumes_by_contrast"):
+        for name in ("score_scale", "score_smooth_mm", "seed_min_volumes_ml", "healthy_volumes_by_contrast",
+                     "grow_intensity_level", "calibration_synthesis"):
             value = getattr(detect, name)
             unknown = set(value if isinstance(value, dict) else ()) - set(data.contrasts)
             if unknown:
