@@ -132,28 +132,10 @@ def score_peaks(score: np.ndarray, threshold: float, brain: np.ndarray, ref: np.
             float(score[far].max()) / threshold if far.any() else 0.0)
 
 
-def bright_extent_ml(vol) -> float:
-    """A crude size of a scan's hyperintensity, for context where no reference segmentation exists: the
-    largest connected part of the median-filtered (3^3) scan above its brain's median + 3 robust SDs
-    (1.4826 MAD), in mL. Not a segmentation: it holds bright healthy tissue too, and misses a dark core."""
-    from medhdiff.tasks.predictor import robust_fit
-
-    brain = vol.data != 0
-    smooth = ndimage.median_filter(np.asarray(vol.data, np.float32), size=3)
-    centre, sigma = robust_fit(smooth[brain])
-    bright = (smooth > centre + 3.0 * sigma) & brain
-    labels, n = ndimage.label(bright)
-    largest = np.bincount(labels.ravel())[1:].max() if n else 0
-    return round(float(largest) * vol.voxel_volume_ml, 1)
-
-
-def lesion_hemisphere(vol) -> np.ndarray:
-    """Where a scan without a reference segmentation holds its lesion, to leave out of healthy-tissue figures:
-    the half of the brain (split left-right at the brain's centroid, on the input grid) holding the centroid
-    of its crude hyperintensity (``bright_extent_ml``'s largest part), together with that part dilated by
-    5 voxels where it crosses the midline."""
-    import nibabel as nib
-
+def crude_hyperintensity(vol) -> np.ndarray:
+    """A scan's crude hyperintensity, for context where no reference segmentation exists: the largest
+    connected part of the median-filtered (3^3) scan above its brain's median + 3 robust SDs (1.4826 MAD).
+    Not a segmentation: it holds bright healthy tissue too, and misses a dark core."""
     from medhdiff.tasks.predictor import robust_fit
 
     brain = vol.data != 0
@@ -162,7 +144,24 @@ def lesion_hemisphere(vol) -> np.ndarray:
     labels, n = ndimage.label((smooth > centre + 3.0 * sigma) & brain)
     if not n:
         return np.zeros(brain.shape, bool)
-    largest = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    return labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+
+
+def bright_extent_ml(vol) -> float:
+    """The size of ``crude_hyperintensity`` in mL."""
+    return round(float(crude_hyperintensity(vol).sum()) * vol.voxel_volume_ml, 1)
+
+
+def lesion_hemisphere(vol) -> np.ndarray:
+    """Where a scan without a reference segmentation holds its lesion, to leave out of healthy-tissue figures:
+    the half of the brain (split left-right at the brain's centroid, on the input grid) holding the centroid
+    of its ``crude_hyperintensity``, together with that part dilated by 5 voxels where it crosses the midline."""
+    import nibabel as nib
+
+    brain = vol.data != 0
+    largest = crude_hyperintensity(vol)
+    if not largest.any():
+        return np.zeros(brain.shape, bool)
     axis = [c in "LR" for c in nib.aff2axcodes(vol.affine)].index(True)  # the voxel axis along left-right
     coord = np.arange(brain.shape[axis]).reshape([-1 if k == axis else 1 for k in range(3)])
     mid = ndimage.center_of_mass(brain)[axis]

@@ -800,6 +800,11 @@ SMALL_ML = (1.0, 8.0)
 TEST_SEED = 742_000  # held-out test brains: healthy 742000+, tumours of 5-60 mL 742500+, of 1-8 mL 743000+
 LARGE_SEED = 744_000  # large tumours of 60-150 mL: development 744000+, test 745000+
 LARGE_ML = (60.0, 150.0)
+#: The cached brain sets of the candidates section: their first seed, and their tumours' size range (healthy: None).
+SET_STARTS = {"devh": DEV_SEED, "devt": DEV_SEED + 500, "devs": SMALL_SEED, "devl": LARGE_SEED,
+              "tsth": TEST_SEED, "tstt": TEST_SEED + 500, "tsts": TEST_SEED + 1000, "tstl": LARGE_SEED + 1000}
+SET_SIZES_ML = {"devh": None, "devt": (5.0, 60.0), "devs": SMALL_ML, "devl": LARGE_ML,
+                "tsth": None, "tstt": (5.0, 60.0), "tsts": SMALL_ML, "tstl": LARGE_ML}
 
 
 def _test_brains(contrast: str, n_healthy: int, n_tumours: int, n_small: int, synthesis: dict | None = None):
@@ -871,12 +876,12 @@ def candidates(console: Console, models: list[str], contrasts, n_healthy: int, n
                 cfg.detect.calibration_synthesis = {contrast: synthesis}
             d = cfg.detect.for_contrast(contrast)
             scored = _scorer(d, contrast)
-            # 'outside' is picked at the 'scan' level, as medhdiff calibrate picks it (the outside section measures it)
-            picked = {lv: "scan" if lv == "outside" else lv
-                      for lv in (d.intensity_level(contrast) if v == "config" else v for v in intensity_levels)}
+            level_of = lambda lv: d.intensity_level(contrast) if lv == "config" else lv  # noqa: E731
             shipped = pred.bundle.meta.get("calibration") or {}
             shipped_level = shipped.get("grow_intensity_level", {}).get(contrast, "scan")
-            levels = sorted({*picked.values(), "scan" if shipped_level == "outside" else shipped_level})
+            levels = sorted({*map(level_of, intensity_levels), shipped_level})
+            if "outside" in levels:  # as medhdiff calibrate refuses it (the outside section measures it)
+                sys.exit("error: the intensity level 'outside' cannot be picked; see --sections outside")
             cal, dev = _brain_sets(console, pred, cfg, contrast, n_healthy, n_tumours, where, scored, levels, synthesis)
             small = _reconstructed(console, pred, d, contrast, (
                 ("devs", s, vol.data, vol.affine, brain, lesion)
@@ -898,8 +903,7 @@ def candidates(console: Console, models: list[str], contrasts, n_healthy: int, n
             if (synthesis or shipped_row) and spec == "detector":  # the shipped pick first, on these brains
                 options.insert(0, ("shipped", "config", shipped_level))
             for option, grid, lv in options:
-                level = picked.get(lv, "scan" if lv == "outside" else lv) if lv != "config" else picked[
-                    d.intensity_level(contrast)]
+                level = level_of(lv)
                 for item in everything:  # _pick and _found read item["bright"]
                     item["bright"] = item["bright_by_level"][level]
                 if option == "shipped":
@@ -949,6 +953,39 @@ def candidates(console: Console, models: list[str], contrasts, n_healthy: int, n
     return rows
 
 
+def _shipped_scoring(cal: dict, base, contrast: str) -> tuple:
+    """``(d, scored, seed threshold, grow threshold or None, intensity grow percentile or None, seed mL)`` of one
+    contrast as the shipped calibration ``cal`` scores it (its score scale and smoothing, not ``base``'s, the
+    config's detect settings), for sections that apply the shipped pick to cached brains."""
+    from medhdiff.tasks import Predictor
+
+    d = dataclasses.replace(base.for_contrast(contrast),
+                            score_scale={contrast: (cal.get("score_scale") or {}).get(contrast, "none")},
+                            score_smooth_mm={contrast: (cal.get("score_smooth_mm") or {}).get(contrast, 0.0)})
+    thr = cal["threshold"][contrast]
+    grow_thr = Predictor._grow_threshold("auto", cal, contrast, thr)  # None: no growth, as detect reads it
+    q = cal["grow_intensity_percentile"][contrast] if grow_thr is not None else None
+    return d, _scorer(d, contrast), thr, grow_thr, q, cal["seed_min_volume_ml"][contrast]
+
+
+def _pooled(found: dict, healthy: str, tumours: str, small: str, large: str) -> dict:
+    """One summary of masks per set (``found``: tag -> ``[(mask or None, reference)]``, model space; ``None``: not
+    scored): healthy brains with a finding and the worst, and per tumour set tumours scored, reached, found /
+    reference mL and pooled Dice."""
+    fp = [float(m.sum()) * VOXEL_ML for m, _ in found.get(healthy, []) if m is not None]
+    out = {"healthy": len(fp), "healthy_with_finding": sum(v > 0 for v in fp),
+           "worst_healthy_ml": round(max(fp, default=0.0), 2)}
+    for key, tag in (("tumours", tumours), ("small", small), ("large", large)):
+        tally = TumourTally()
+        for m, ref in found.get(tag, []):
+            if m is not None:
+                tally.add(m, ref, VOXEL_ML)
+        out[key] = {"n": sum(m is not None for m, _ in found.get(tag, [])), "reached": tally.reached,
+                    "found_ml": round(tally.found_ml, 1), "reference_ml": round(tally.reference_ml, 1),
+                    "pooled_dice": round(tally.pooled_dice, 3)}
+    return out
+
+
 def combine(console: Console, cache: Path, n_healthy: int, n_tumours: int, n_small: int,
             test: tuple[int, int, int], n_large: int = 0, test_large: int = 0) -> list[dict]:
     """The combine section: every rule of ``Predictor.combine_findings`` on the paired T2 and FLAIR brains
@@ -963,13 +1000,9 @@ def combine(console: Console, cache: Path, n_healthy: int, n_tumours: int, n_sma
     where = cache / pred.sha256[:12]
     base = load_config(ROOT / "configs" / "detector.yaml").detect
     contrasts = ("t2", "flair")
-    sets = {"devh": [DEV_SEED + i for i in range(n_healthy)],
-            "devt": [DEV_SEED + 500 + i for i in range(n_tumours)],
-            "devs": [SMALL_SEED + i for i in range(n_small)],
-            "tsth": [TEST_SEED + i for i in range(test[0])],
-            "tstt": [TEST_SEED + 500 + i for i in range(test[1])],
-            "tsts": [TEST_SEED + 1000 + i for i in range(test[2])], "real": [0],
-            "devl": [LARGE_SEED + i for i in range(n_large)], "tstl": [LARGE_SEED + 1000 + i for i in range(test_large)]}
+    counts = {"devh": n_healthy, "devt": n_tumours, "devs": n_small, "tsth": test[0], "tstt": test[1],
+              "tsts": test[2], "devl": n_large, "tstl": test_large}
+    sets = {**{tag: [SET_STARTS[tag] + i for i in range(n)] for tag, n in counts.items()}, "real": [0]}
 
     def cached(contrast: str, tag: str):
         """The seeds of ``tag`` that this contrast's cache holds (a seed whose tumour found no room is absent)."""
@@ -979,15 +1012,8 @@ def combine(console: Console, cache: Path, n_healthy: int, n_tumours: int, n_sma
     if cal.get("grow_opening_mm", 0.0):
         sys.exit("error: the combine section does not open grow regions; this calibration does")
     for contrast in contrasts:
-        # the score as the shipped calibration forms it (its scale and smoothing, not the config's)
-        d = dataclasses.replace(base.for_contrast(contrast),
-                                score_scale={contrast: (cal.get("score_scale") or {}).get(contrast, "none")},
-                                score_smooth_mm={contrast: (cal.get("score_smooth_mm") or {}).get(contrast, 0.0)})
+        d, scored, thr, grow_thr, q, _ = _shipped_scoring(cal, base, contrast)
         level = cal.get("grow_intensity_level", {}).get(contrast, "scan")
-        scored = _scorer(d, contrast)
-        thr = cal["threshold"][contrast]
-        grow_thr = Predictor._grow_threshold("auto", cal, contrast, thr)  # None: no growth, as detect reads it
-        q = cal["grow_intensity_percentile"][contrast] if grow_thr is not None else None
         for tag in sets:
             seeds = [s for s in cached(contrast, tag) if s in cached("t2" if contrast == "flair" else "flair", tag)]
             brains = [(tag, s, None, None, None, None) for s in seeds]  # from the cache: no image needed
@@ -1008,26 +1034,15 @@ def combine(console: Console, cache: Path, n_healthy: int, n_tumours: int, n_sma
                                                seed_ml, VOXEL_ML, 1.0, rule, order, useful)
             inside = np.logical_and.reduce([per[c][2] for c in contrasts])
             mask = np.logical_or.reduce(list(found.values())) & inside
-            tallies.setdefault(tag, []).append((mask, per[contrasts[0]][3], {c: float(found[c].sum()) * VOXEL_ML
-                                                                               for c in contrasts}))
+            tallies.setdefault(tag, []).append((mask, per[contrasts[0]][3]))
+            if tag == "real":
+                real_per = {c: float(found[c].sum()) * VOXEL_ML for c in contrasts}
 
-        def summary(h: str, t: str, sm: str, lg: str) -> dict:
-            fp = [float(m.sum()) * VOXEL_ML for m, _, _ in tallies.get(h, [])]
-            out = {"healthy": len(fp), "healthy_with_finding": sum(v > 0 for v in fp),
-                   "worst_healthy_ml": round(max(fp, default=0.0), 2)}
-            for key, tag in (("tumours", t), ("small", sm), ("large", lg)):
-                tally = TumourTally()
-                for m, ref, _ in tallies.get(tag, []):
-                    tally.add(m, ref, VOXEL_ML)
-                out[key] = {"n": len(tallies.get(tag, [])), "reached": tally.reached,
-                            "found_ml": round(tally.found_ml, 1), "reference_ml": round(tally.reference_ml, 1),
-                            "pooled_dice": round(tally.pooled_dice, 3)}
-            return out
-
-        real_mask, real_ref, real_per = tallies["real"][0]
+        real_mask, real_ref = tallies["real"][0]
         row = {"rule": rule, "order": order, "grow_intensity_level": {c: cal.get("grow_intensity_level", {}).get(
                    c, "scan") for c in contrasts},
-               "development": summary("devh", "devt", "devs", "devl"), "test": summary("tsth", "tstt", "tsts", "tstl"),
+               "development": _pooled(tallies, "devh", "devt", "devs", "devl"),
+               "test": _pooled(tallies, "tsth", "tstt", "tsts", "tstl"),
                "real_case": CASE, "real_found_ml": round(float(real_mask.sum()) * VOXEL_ML, 1),
                "real_found_ml_per_contrast": {c: round(v, 1) for c, v in real_per.items()},
                "real_dice": round(dice(real_mask, real_ref), 3)}
@@ -1043,23 +1058,16 @@ def _set_brains(contrast: str, tag: str, n: int):
 
     from medhdiff.io import load_volume
 
-    first = {"devh": DEV_SEED, "tsth": TEST_SEED}
-    if tag in first:
-        for i in range(n):
-            vol, brain = healthy_synthetic(contrast, i, first=first[tag])
-            yield tag, first[tag] + i, vol.data, vol.affine, brain, None
-        return
-    if tag in ("devl", "tstl"):
-        yield from _large_brains(contrast, tag, LARGE_SEED + (1000 if tag == "tstl" else 0), n)
-        return
     if tag == "real":
         scan = load_volume(TUMOUR / CASE / f"{'fla' if contrast == 'flair' else contrast}.nii.gz")
         yield "real", 0, scan.data, scan.affine, None, load_volume(TUMOUR / CASE / "seg_consensus.nii.gz").data > 0
-        return
-    start, sizes = {"devt": (DEV_SEED + 500, (5.0, 60.0)), "devs": (SMALL_SEED, SMALL_ML),
-                    "tstt": (TEST_SEED + 500, (5.0, 60.0)), "tsts": (TEST_SEED + 1000, SMALL_ML)}[tag]
-    for s, vol, brain, lesion in synthetic_tumours(contrast, start, n, (0.01, 0.02), sizes):
-        yield tag, s, vol.data, vol.affine, brain, lesion
+    elif SET_SIZES_ML[tag] is None:
+        for i in range(n):
+            vol, brain = healthy_synthetic(contrast, i, first=SET_STARTS[tag])
+            yield tag, SET_STARTS[tag] + i, vol.data, vol.affine, brain, None
+    else:
+        for s, vol, brain, lesion in synthetic_tumours(contrast, SET_STARTS[tag], n, (0.01, 0.02), SET_SIZES_ML[tag]):
+            yield tag, s, vol.data, vol.affine, brain, lesion
 
 
 def outside(console: Console, cache: Path, n_healthy: int, n_tumours: int, n_small: int,
@@ -1081,15 +1089,7 @@ def outside(console: Console, cache: Path, n_healthy: int, n_tumours: int, n_sma
         sys.exit("error: the outside section does not open grow regions; this calibration does")
     base = load_config(ROOT / "configs" / "detector.yaml").detect
     contrasts = ("t2", "flair")
-    settings = {}
-    for c in contrasts:
-        d = dataclasses.replace(base.for_contrast(c),
-                                score_scale={c: (cal.get("score_scale") or {}).get(c, "none")},
-                                score_smooth_mm={c: (cal.get("score_smooth_mm") or {}).get(c, 0.0)})
-        thr = cal["threshold"][c]
-        grow_thr = Predictor._grow_threshold("auto", cal, c, thr)
-        settings[c] = (d, _scorer(d, c), thr, grow_thr, cal["grow_intensity_percentile"][c] if grow_thr else None,
-                       cal["seed_min_volume_ml"][c])
+    settings = {c: _shipped_scoring(cal, base, c) for c in contrasts}
     if settings["flair"][4] is None:
         sys.exit("error: the shipped FLAIR calibration grows through no intensity region")
     order, useful = Predictor.lead_order(cal, contrasts)
@@ -1159,17 +1159,7 @@ def outside(console: Console, cache: Path, n_healthy: int, n_tumours: int, n_sma
 
     def summary(lv: str, k: int, h: str, t: str, sm: str, lg: str) -> dict:
         rows = results[lv]
-        fp = [float(r[k].sum()) * VOXEL_ML for r in rows.get(h, []) if r[k] is not None]
-        out = {"healthy": len(fp), "healthy_with_finding": sum(v > 0 for v in fp),
-               "worst_healthy_ml": round(max(fp, default=0.0), 2)}
-        for key, tag in (("tumours", t), ("small", sm), ("large", lg)):
-            tally = TumourTally()
-            for r in rows.get(tag, []):
-                if r[k] is not None:
-                    tally.add(r[k], r[2], VOXEL_ML)
-            out[key] = {"n": sum(r[k] is not None for r in rows.get(tag, [])), "reached": tally.reached,
-                        "found_ml": round(tally.found_ml, 1),
-                        "reference_ml": round(tally.reference_ml, 1), "pooled_dice": round(tally.pooled_dice, 3)}
+        out = _pooled({tag: [(r[k], r[2]) for r in v] for tag, v in rows.items()}, h, t, sm, lg)
         out["max_levels"] = max((r[3] for tag in (h, t, sm, lg) for r in rows.get(tag, [])), default=0)
         return out
 
@@ -1193,11 +1183,10 @@ def outside(console: Console, cache: Path, n_healthy: int, n_tumours: int, n_sma
 def _seed_list(tag: str, n: int) -> list[int]:
     """The seeds a set's cached brains may carry (a tumour set skips seeds whose tumour found no room, so it
     looks a little further)."""
-    start = {"devh": DEV_SEED, "devt": DEV_SEED + 500, "devs": SMALL_SEED, "devl": LARGE_SEED, "real": 0,
-             "tsth": TEST_SEED, "tstt": TEST_SEED + 500, "tsts": TEST_SEED + 1000, "tstl": LARGE_SEED + 1000}[tag]
-    if tag in ("devh", "tsth", "real"):
-        return [start + i for i in range(n)]
-    return list(range(start, start + n + 100))
+    if tag == "real":
+        return [0]
+    start = SET_STARTS[tag]
+    return list(range(start, start + n + (0 if SET_SIZES_ML[tag] is None else 100)))
 
 
 def main() -> None:
@@ -1308,18 +1297,13 @@ def main() -> None:
         keys = {ident(r) for r in rows}
         payload["candidates"] = [r for r in latest.get("candidates", []) if ident(r) not in keys] + rows
         save_results("levers", payload)
-    if "combine" in args.sections:
-        if not args.cache:
-            sys.exit("error: the combine section reads the candidates section's cache: give --cache")
-        payload["combine"] = combine(console, Path(args.cache), args.dev_healthy, args.dev_tumours, args.dev_small,
-                                     tuple(args.test), args.dev_large, args.test_large)
-        save_results("levers", payload)
-    if "outside" in args.sections:
-        if not args.cache:
-            sys.exit("error: the outside section reads the candidates section's cache: give --cache")
-        payload["outside"] = outside(console, Path(args.cache), args.dev_healthy, args.dev_tumours, args.dev_small,
-                                     tuple(args.test), args.dev_large, args.test_large)
-        save_results("levers", payload)
+    for name, section in (("combine", combine), ("outside", outside)):  # both apply the shipped pick to the cache
+        if name in args.sections:
+            if not args.cache:
+                sys.exit(f"error: the {name} section reads the candidates section's cache: give --cache")
+            payload[name] = section(console, Path(args.cache), args.dev_healthy, args.dev_tumours, args.dev_small,
+                                    tuple(args.test), args.dev_large, args.test_large)
+            save_results("levers", payload)
     if "heal-adapt" in args.sections:
         payload["heal_adapt"] = heal_adapt(console, args.adapt_steps)
         save_results("levers", payload)
