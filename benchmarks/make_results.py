@@ -75,6 +75,13 @@ def _candidate(r: dict) -> str:
     out = f"{r['model']} ({r['sha256']})"
     if r.get("synthesis"):
         out += f"; brains drawn with {json.dumps(r['synthesis'])}; {r.get('pick_source', 'calibrated here')}"
+    if r.get("first_seed", 740_000) != 740_000:  # --seed-block: fresh sets, not the seeds the heading names
+        first = r["first_seed"]
+        out += (f"; fresh seeds (development {first}+, {first + 500}+, {first + 1000}+, {first + 1500}+; "
+                f"test {first + 2000}+, {first + 2500}+, {first + 3000}+, {first + 3500}+)")
+    if r.get("unreferenced"):
+        out += "; found on " + ", ".join(f"{k} {v['found_ml']:.1f} mL (crude {v['crude_hyperintensity_ml']:.1f})"
+                                         for k, v in r["unreferenced"].items())
     return out
 
 
