@@ -853,12 +853,31 @@ SET_SIZES_ML = {"devh": None, "devt": (5.0, 60.0), "devs": SMALL_ML, "devl": LAR
 FIRST_FRESH_BLOCK = 770_000
 
 
+def _drawn_cache(model_cache: Path, synthesis: dict | None, calibration_synthesis: dict | None = None) -> Path:
+    """Where one model's cached brains live, apart by how they were drawn: every brain with ``synthesis``
+    (``--synthesis``: ``syn-<hash>/``), only the calibration brains with the config's ``calibration_synthesis``
+    (``calsyn-<hash>/``), or neither (the model's own folder)."""
+    if synthesis:
+        how, prefix = json.dumps(synthesis, sort_keys=True), "syn"
+    elif calibration_synthesis:
+        how, prefix = "calibration " + json.dumps(calibration_synthesis, sort_keys=True), "calsyn"
+    else:
+        return model_cache
+    return model_cache / f"{prefix}-{hashlib.sha256(how.encode()).hexdigest()[:8]}"
+
+
+def first_seed_of(seed: int) -> int:
+    """The first seed of the candidates section's seed layout that drew ``seed``: its fresh block
+    (:func:`use_seed_block`), or ``DEV_SEED`` for the original sets."""
+    return DEV_SEED if seed < FIRST_FRESH_BLOCK else FIRST_FRESH_BLOCK + (seed - FIRST_FRESH_BLOCK) // 4000 * 4000
+
+
 def use_seed_block(block: int) -> None:
     """Draw every cached set of the candidates section from a block of fresh seeds: development healthy
     ``block``+, tumours of 5-60 mL +500, of 1-8 mL +1000, of 60-150 mL +1500; test +2000, +2500, +3000, +3500.
     Sets that have been seen (their rows informed a choice) are replaced by unseen ones this way; the
     calibration brains (900000+) stay, as ``medhdiff calibrate`` draws them."""
-    if block < FIRST_FRESH_BLOCK or block % 4000 != FIRST_FRESH_BLOCK % 4000:
+    if block < FIRST_FRESH_BLOCK or first_seed_of(block) != block:
         raise SystemExit(f"error: a seed block is {FIRST_FRESH_BLOCK} + a multiple of 4000, got {block}")
     SET_STARTS.update({tag: block + 500 * k for k, tag in enumerate(SET_STARTS)})
 
@@ -921,11 +940,8 @@ def candidates(console: Console, models: list[str], contrasts, n_healthy: int, n
         where = None if cache is None else cache / pred.sha256[:12]  # one model's residuals never mix with another's
         model_cache = where
         for contrast in contrasts:
-            where = model_cache  # nor brains drawn one way with brains drawn another:
-            drawn = synthesis and json.dumps(synthesis, sort_keys=True)  # every brain so (--synthesis), or
-            if where is not None and (drawn or base.detect.synthesis(contrast)):  # the calibration ones (config)
-                how = drawn or "calibration " + json.dumps(base.detect.synthesis(contrast), sort_keys=True)
-                where = where / f"{'syn' if drawn else 'calsyn'}-{hashlib.sha256(how.encode()).hexdigest()[:8]}"
+            where = None if model_cache is None else _drawn_cache(model_cache, synthesis,
+                                                                  base.detect.synthesis(contrast))
             cfg = copy.deepcopy(base)
             cfg.detect.healthy_volumes = cfg.detect.healthy_count(contrast)
             if synthesis:
@@ -1246,59 +1262,51 @@ def outside(console: Console, cache: Path, n_healthy: int, n_tumours: int, n_sma
     return out
 
 
+#: The seed layouts whose brains have been scored and seen: the original sets and stop 30's fresh block.
+SEEN_BLOCKS = (DEV_SEED, FIRST_FRESH_BLOCK)
 ROBUST_GROW_OPTIONS = (("scan", 98.0), ("robust", 99.5), ("robust", 99.0), ("robust", 98.0), ("robust", 97.0))
 
 
-def robust_grow(console: Console, cache: Path, synthesis: dict) -> list[dict]:
+def robust_grow(console: Console, cache: Path, synthesis: dict, blocks=SEEN_BLOCKS) -> list[dict]:
     """The robust-grow section (stop 30, exploration on seen brains): the shipped FLAIR seeds, seed volume and
     score grow level kept, only the intensity grow region changed, from the scan's own p98 to a percentile of
     the robust (median/MAD normal) level, on every cached FLAIR brain drawn with ``synthesis`` (stop 29's sets
-    at 740000+ and any ``--seed-block`` sets). Seeds decide whether a brain has a finding, so the healthy
+    at 740000+ and block 770000; ``blocks`` names the blocks read by their first seed, so a block cached for a
+    later test stays unscored). Seeds decide whether a brain has a finding, so the healthy
     brains with a finding and the tumours reached cannot change; the volumes and Dice do. One row per option
-    and set. Nothing is reconstructed: it reads the candidates section's cache (``bright_robust/`` included)."""
+    and seed block, its development and test sets summarised as the combine and outside sections summarise
+    theirs. Nothing is reconstructed: it reads the candidates section's cache (``bright_robust/`` included)."""
     from medhdiff.tasks import Predictor
+    from medhdiff.training import load_config
 
     pred = Predictor(None, device="cpu", model="detector")
     cal = pred.bundle.meta["calibration"]
-    how = json.dumps(synthesis, sort_keys=True)
-    where = cache / pred.sha256[:12] / f"syn-{hashlib.sha256(how.encode()).hexdigest()[:8]}"
+    where = _drawn_cache(cache / pred.sha256[:12], synthesis)
     if not where.is_dir():
-        sys.exit(f"error: no cached brains drawn with {how} under {cache}; run the candidates section first")
-    from medhdiff.training import load_config
-
+        sys.exit(f"error: no cached brains drawn with {json.dumps(synthesis)} under {cache}; run the candidates "
+                 "section first")
     base = load_config(ROOT / "configs" / "detector.yaml").detect
     d, scored, thr, grow_thr, _, seed_ml = _shipped_scoring(cal, base, "flair")
-    found = {o: {} for o in ROBUST_GROW_OPTIONS}  # option -> (first seed of the block, tag) -> [(mask, ref)]
+    found = {}  # (option, first seed of the block) -> tag -> [(mask, reference)]
     for path in sorted(where.glob("flair_*.npz")):
         _, tag, seed = path.stem.split("_")
-        if tag not in SET_SIZES_ML:
+        if tag not in SET_SIZES_ML or first_seed_of(int(seed)) not in blocks:  # calibration, real, unseen
             continue
-        first = FIRST_FRESH_BLOCK + (int(seed) - FIRST_FRESH_BLOCK) // 4000 * 4000 if int(seed) >= FIRST_FRESH_BLOCK \
-            else DEV_SEED
         item = _reconstructed(console, pred, d, "flair", [(tag, int(seed), None, None, None, None)], where, scored,
                               ("robust",))[0]
         sc = scored(item)
-        for level, q in ROBUST_GROW_OPTIONS:
+        for option in ROBUST_GROW_OPTIONS:
+            level, q = option
             grow = (sc > grow_thr) | item["bright_by_level"][level][q]
             mask = Predictor._findings(sc, thr, VOXEL_ML, seed_ml, grow) & item["mask"]
-            found[(level, q)].setdefault((first, tag), []).append((mask, item["ref"]))
+            found.setdefault((option, first_seed_of(int(seed))), {}).setdefault(tag, []).append((mask, item["ref"]))
     rows = []
-    for (level, q), per in found.items():
-        for (first, tag), pairs in sorted(per.items()):
-            row = {"intensity_level": level, "intensity_percentile": q, "first_seed": first, "set": tag,
-                   "synthesis": synthesis}
-            if SET_SIZES_ML[tag] is None:
-                fp = [float(m.sum()) * VOXEL_ML for m, _ in pairs]
-                row.update(healthy=len(fp), healthy_with_finding=sum(v > 0 for v in fp),
-                           worst_healthy_ml=round(max(fp, default=0.0), 2))
-            else:
-                tally = TumourTally()
-                for m, ref in pairs:
-                    tally.add(m, ref, VOXEL_ML)
-                row.update(tumours=len(pairs), reached=tally.reached, found_ml=round(tally.found_ml, 1),
-                           reference_ml=round(tally.reference_ml, 1), pooled_dice=round(tally.pooled_dice, 3))
-            rows.append(row)
-            console.print(row)
+    for ((level, q), first), per in found.items():
+        row = {"intensity_level": level, "intensity_percentile": q, "first_seed": first, "synthesis": synthesis,
+               "development": _pooled(per, "devh", "devt", "devs", "devl"),
+               "test": _pooled(per, "tsth", "tstt", "tsts", "tstl")}
+        rows.append(row)
+        console.print(row)
     return rows
 
 

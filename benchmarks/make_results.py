@@ -311,21 +311,15 @@ def levers_section(lv: dict) -> list[str]:
                        f"{_fmt(r['real_dice'], 3)} ({_fmt(r['real_found_ml'], 1)}, {r['real_levels']}) |"
                        for r in lv["outside"]])
     if lv.get("robust_grow"):
-        def cell(r: dict) -> str:
-            if "healthy" in r:
-                return f"{r['healthy_with_finding']} of {r['healthy']}, worst {r['worst_healthy_ml']:.2f} mL"
-            return f"{r['reached']} of {r['tumours']}, {r['found_ml']:.0f} / {r['reference_ml']:.0f} mL, {r['pooled_dice']:.3f}"
-
-        tags = ("devh", "devt", "devs", "devl", "tsth", "tstt", "tsts", "tstl")
-        grid = {}
-        for r in lv["robust_grow"]:
-            grid.setdefault((r["intensity_level"], r["intensity_percentile"], r["first_seed"]), {})[r["set"]] = cell(r)
         out += _table("Detection: the shipped FLAIR seeds with the intensity grow region at the robust level "
                       "(`bench_levers.py --sections robust-grow`; exploration on seen brains drawn like real tissue, "
-                      "not a test); healthy: brains with a finding; tumours: reached, found / reference mL, pooled Dice",
-                      ["intensity region", "first seed", *tags],
-                      [f"| {lv_} p{q:g} | {first} | " + " | ".join(cells_.get(t, "") for t in tags) + " |"
-                       for (lv_, q, first), cells_ in grid.items()])
+                      "not a test): per seed block (740000: stop 29's sets; 770000: stop 30's fresh ones), "
+                      "development, then test",
+                      ["intensity region", "first seed", *[f"dev: {h}" for h in head], "dev: worst healthy mL",
+                       *[f"test: {h}" for h in head], "test: worst healthy mL"],
+                      [f"| {r['intensity_level']} p{r['intensity_percentile']:g} | {r['first_seed']} | "
+                       f"{cells(r['development'])} | {r['development']['worst_healthy_ml']:.2f} | {cells(r['test'])} | "
+                       f"{r['test']['worst_healthy_ml']:.2f} |" for r in lv["robust_grow"]])
     if lv.get("heal_adapt"):
         out += _table("Detection: the patch network adapted to each scan (heal-adapt; shipped calibration)",
                       ["input", "model", "found mL", "Dice @auto", "score p99 / p99.9 in the brain", "AUROC",
